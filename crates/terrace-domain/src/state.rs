@@ -1,0 +1,378 @@
+//! The generation and area state machines, and the record every port speaks in.
+//!
+//! An area goes `pending → processing → completed | failed | cancelled` (or
+//! straight from `pending` to `failed`/`cancelled`); a worker that hands work
+//! back on shutdown may return a `processing` area to `pending`. Terminal
+//! states never change. A generation is terminal once every area is, and its
+//! status follows from its areas ([`GenerationStatus::settle`]).
+
+use crate::credits::{CreditSource, HoldState};
+use crate::error::{ErrorCode, Failure};
+use crate::geo::LatLng;
+use crate::input::{Address, AreaKind, AreaRequest, GenerationId, RequestId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition of {what}: {from} -> {to}")]
+pub struct IllegalTransition {
+    pub what: &'static str,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationStatus {
+    Pending,
+    Processing,
+    Completed,
+    PartiallyCompleted,
+    Failed,
+    Cancelled,
+}
+
+impl GenerationStatus {
+    pub const ALL: &'static [GenerationStatus] = &[
+        Self::Pending,
+        Self::Processing,
+        Self::Completed,
+        Self::PartiallyCompleted,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::PartiallyCompleted => "partially_completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|x| x.as_str() == s)
+    }
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending | Self::Processing)
+    }
+
+    /// The terminal status that a generation's areas add up to, or `None`
+    /// while any area is unfinished: every area completed → `completed`; some →
+    /// `partially_completed`; none, and some cancelled by the user →
+    /// `cancelled`; none → `failed`.
+    pub fn settle(areas: &[AreaStatus]) -> Option<Self> {
+        if areas.is_empty() || areas.iter().any(|a| !a.is_terminal()) {
+            return None;
+        }
+        let completed = areas.iter().filter(|a| **a == AreaStatus::Completed).count();
+        Some(if completed == areas.len() {
+            Self::Completed
+        } else if completed > 0 {
+            Self::PartiallyCompleted
+        } else if areas.contains(&AreaStatus::Cancelled) {
+            Self::Cancelled
+        } else {
+            Self::Failed
+        })
+    }
+
+    /// Checks a transition: `pending ⇄ processing`, and either to any terminal
+    /// status; nothing leaves a terminal status.
+    pub fn transition(self, to: Self) -> Result<Self, IllegalTransition> {
+        let ok = match self {
+            Self::Pending => to != Self::Pending,
+            Self::Processing => true,
+            _ => false,
+        };
+        if ok {
+            Ok(to)
+        } else {
+            Err(IllegalTransition { what: "generation", from: self.as_str(), to: to.as_str() })
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AreaStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl AreaStatus {
+    pub const ALL: &'static [AreaStatus] =
+        &[Self::Pending, Self::Processing, Self::Completed, Self::Failed, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|x| x.as_str() == s)
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Checks a transition: `pending → processing`, `processing → pending`
+    /// (handed back), `processing → processing` (a new stage), `processing →
+    /// completed`, and `pending|processing → failed|cancelled`.
+    pub fn transition(self, to: Self) -> Result<Self, IllegalTransition> {
+        use AreaStatus::*;
+        let ok = matches!(
+            (self, to),
+            (Pending, Processing)
+                | (Processing, Pending | Processing | Completed)
+                | (Pending | Processing, Failed | Cancelled)
+        );
+        if ok {
+            Ok(to)
+        } else {
+            Err(IllegalTransition { what: "area", from: self.as_str(), to: to.as_str() })
+        }
+    }
+}
+
+/// Where an area's work is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AreaStage {
+    Queued,
+    RetrievingImagery,
+    GeneratingDesign,
+    Storing,
+    Done,
+}
+
+impl AreaStage {
+    pub const ALL: &'static [AreaStage] =
+        &[Self::Queued, Self::RetrievingImagery, Self::GeneratingDesign, Self::Storing, Self::Done];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::RetrievingImagery => "retrieving_imagery",
+            Self::GeneratingDesign => "generating_design",
+            Self::Storing => "storing",
+            Self::Done => "done",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|x| x.as_str() == s)
+    }
+}
+
+/// What geocoding found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Geocoded {
+    pub formatted_address: String,
+    pub location: LatLng,
+}
+
+/// One area of a generation, with its hold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Area {
+    pub spec: AreaRequest,
+    pub status: AreaStatus,
+    pub stage: AreaStage,
+    /// 0 to 100.
+    pub progress: u8,
+    /// The blob key of the design image once completed.
+    pub image_key: Option<String>,
+    pub error: Option<Failure>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub hold_source: CreditSource,
+    pub hold: HoldState,
+}
+
+impl Area {
+    pub fn kind(&self) -> AreaKind {
+        self.spec.area
+    }
+
+    /// Starts or advances the area's work.
+    pub fn advance(&mut self, stage: AreaStage, progress: u8) -> Result<(), IllegalTransition> {
+        self.status = self.status.transition(AreaStatus::Processing)?;
+        self.stage = stage;
+        self.progress = progress.min(100);
+        Ok(())
+    }
+
+    /// Completes the area and captures its hold, both or neither.
+    pub fn complete(&mut self, image_key: String, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        let status = self.status.transition(AreaStatus::Completed)?;
+        let hold = self.hold.capture().map_err(|_| IllegalTransition {
+            what: "hold",
+            from: "resolved",
+            to: "captured",
+        })?;
+        (self.status, self.hold) = (status, hold);
+        self.stage = AreaStage::Done;
+        self.progress = 100;
+        self.image_key = Some(image_key);
+        self.completed_at = Some(now);
+        Ok(())
+    }
+
+    /// Ends the area as failed or cancelled and voids its hold, both or neither.
+    pub fn end(
+        &mut self,
+        status: AreaStatus,
+        failure: Failure,
+        now: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
+        if !matches!(status, AreaStatus::Failed | AreaStatus::Cancelled) {
+            return Err(IllegalTransition { what: "area", from: self.status.as_str(), to: status.as_str() });
+        }
+        let new_status = self.status.transition(status)?;
+        let hold = self.hold.void().map_err(|_| IllegalTransition {
+            what: "hold",
+            from: "resolved",
+            to: "voided",
+        })?;
+        (self.status, self.hold) = (new_status, hold);
+        self.error = Some(failure);
+        self.completed_at = Some(now);
+        Ok(())
+    }
+
+    /// Hands the area back for another worker: `processing` returns to `pending`.
+    pub fn hand_back(&mut self) {
+        if self.status == AreaStatus::Processing {
+            self.status = AreaStatus::Pending;
+            self.stage = AreaStage::Queued;
+            self.progress = 0;
+        }
+    }
+}
+
+/// A generation as stored: the rows of a generation and its areas.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    pub id: GenerationId,
+    pub user_id: UserId,
+    pub request_id: RequestId,
+    pub status: GenerationStatus,
+    pub address: Address,
+    pub geocoded: Option<Geocoded>,
+    pub areas: Vec<Area>,
+    pub error: Option<Failure>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub deadline_at: DateTime<Utc>,
+    /// How many times a worker has claimed it; fences every worker write.
+    pub attempt: u32,
+    /// The user asked to cancel.
+    pub cancel_requested: bool,
+}
+
+impl Generation {
+    /// One credit per area.
+    pub fn cost(&self) -> u64 {
+        self.areas.len() as u64
+    }
+    pub fn captured(&self) -> u64 {
+        self.areas.iter().filter(|a| a.hold == HoldState::Captured).count() as u64
+    }
+    pub fn voided(&self) -> u64 {
+        self.areas.iter().filter(|a| a.hold == HoldState::Voided).count() as u64
+    }
+    pub fn area(&self, kind: AreaKind) -> Option<&Area> {
+        self.areas.iter().find(|a| a.kind() == kind)
+    }
+    pub fn area_mut(&mut self, kind: AreaKind) -> Option<&mut Area> {
+        self.areas.iter_mut().find(|a| a.kind() == kind)
+    }
+
+    /// Ends every unfinished area with `status` and `failure`, voiding their
+    /// holds. Returns the areas it ended.
+    pub fn end_unfinished(
+        &mut self,
+        status: AreaStatus,
+        failure: &Failure,
+        now: DateTime<Utc>,
+    ) -> Vec<AreaKind> {
+        let mut ended = Vec::new();
+        for a in self.areas.iter_mut().filter(|a| !a.status.is_terminal()) {
+            if a.end(status, failure.clone(), now).is_ok() {
+                ended.push(a.kind());
+            }
+        }
+        ended
+    }
+
+    /// If every area is terminal, makes the generation terminal with the
+    /// status they add up to, and the generation-level error: for `failed`, the
+    /// first area's failure (they usually share one), for `cancelled`, the
+    /// cancellation. Returns whether it is terminal now.
+    pub fn settle(&mut self, now: DateTime<Utc>) -> bool {
+        if self.status.is_terminal() {
+            return true;
+        }
+        let statuses: Vec<_> = self.areas.iter().map(|a| a.status).collect();
+        let Some(status) = GenerationStatus::settle(&statuses) else {
+            return false;
+        };
+        self.status = status;
+        self.completed_at = Some(now);
+        self.error = match status {
+            GenerationStatus::Failed => self.areas.iter().find_map(|a| a.error.clone()),
+            GenerationStatus::Cancelled => Some(Failure::new(ErrorCode::Cancelled, "cancelled by the user")),
+            _ => None,
+        };
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AreaStatus::*;
+
+    #[test]
+    fn terminal_area_states_never_change() {
+        for from in [Completed, Failed, Cancelled] {
+            for to in AreaStatus::ALL {
+                assert!(from.transition(*to).is_err(), "{from:?} -> {to:?}");
+            }
+        }
+        assert!(Pending.transition(Completed).is_err());
+        assert!(Pending.transition(Processing).is_ok());
+        assert!(Processing.transition(Pending).is_ok());
+    }
+
+    #[test]
+    fn terminal_generation_states_never_change() {
+        for from in GenerationStatus::ALL.iter().filter(|s| s.is_terminal()) {
+            for to in GenerationStatus::ALL {
+                assert!(from.transition(*to).is_err());
+            }
+        }
+        assert!(GenerationStatus::Pending.transition(GenerationStatus::Pending).is_err());
+    }
+
+    #[test]
+    fn status_follows_from_areas() {
+        use GenerationStatus as G;
+        assert_eq!(G::settle(&[Completed, Completed]), Some(G::Completed));
+        assert_eq!(G::settle(&[Completed, Failed]), Some(G::PartiallyCompleted));
+        assert_eq!(G::settle(&[Completed, Cancelled]), Some(G::PartiallyCompleted));
+        assert_eq!(G::settle(&[Failed, Cancelled]), Some(G::Cancelled));
+        assert_eq!(G::settle(&[Failed, Failed]), Some(G::Failed));
+        assert_eq!(G::settle(&[Failed, Processing]), None);
+        assert_eq!(G::settle(&[]), None);
+    }
+}
