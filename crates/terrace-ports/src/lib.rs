@@ -14,7 +14,9 @@
 //! With the `mock` feature every trait has a `mockall` mock (`MockGeocoder`, …).
 
 mod google;
+mod observe;
 mod store;
 
 pub use google::*;
+pub use observe::*;
 pub use store::*;
