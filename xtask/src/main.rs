@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's one entry point for checks.
+//!
+//! - `test [ARGS…]`: starts a throwaway Postgres, then runs every test with
+//!   cargo-nextest (ARGS are passed on), then stops Postgres.
+//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`:
+//!   exactly what CI runs.
+//! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
+//!   its URL (for running single tests by hand).
+
+mod postgres;
+
+use anyhow::{Context, Result, bail};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    std::env::set_current_dir(workspace_root()).context("entering the workspace root")?;
+    match task.as_str() {
+        "test" => test(&rest),
+        "ci" => {
+            cmd("cargo", &["fmt", "--all", "--check"])?;
+            cmd("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+            test(&rest)
+        }
+        "postgres" => {
+            let pg = postgres::TestPostgres::start()?;
+            println!("TERRACE_TEST_DATABASE_URL={}", pg.url());
+            println!("Postgres is running; press Enter to stop it.");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            Ok(())
+        }
+        _ => bail!("usage: cargo xtask <test|ci|postgres> [ARGS…]"),
+    }
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let pg = postgres::TestPostgres::start()?;
+    let profile = if std::env::var_os("CI").is_some() { "ci" } else { "default" };
+    let mut args = vec!["nextest", "run", "--workspace", "--locked", "--no-fail-fast", "--profile", profile];
+    args.extend(extra.iter().map(String::as_str));
+    let status = Command::new("cargo")
+        .args(&args)
+        .env("TERRACE_TEST_DATABASE_URL", pg.url())
+        .status()
+        .context("running cargo nextest (install it with `cargo install cargo-nextest --locked`)")?;
+    drop(pg);
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+fn cmd(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tidy;

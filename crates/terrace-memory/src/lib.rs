@@ -1,1 +1,682 @@
-//! placeholder
+//! In-memory adapters: [`MemoryStore`] (the generation store and the credit
+//! ledger on one value) and [`MemoryBlobs`]. Dev mode and tests use them.
+//!
+//! They keep the same promises as the Postgres adapter, by the same rules: the
+//! area and hold transitions are the domain's own ([`terrace_domain::Area`]),
+//! every worker write is fenced by its [`Lease`], and a generation settles with
+//! [`terrace_domain::Generation::settle`]. State lives behind one mutex that is
+//! never held across an `.await`, so every method returns at once.
+//!
+//! Time comes from a [`Clock`]; [`TokioClock`] follows tokio's clock, so tests
+//! that pause time also move lease expiries and deadlines here.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use terrace_domain::credits::check_conservation;
+use terrace_domain::state::{AreaStage, AreaStatus};
+use terrace_domain::{
+    Account, Area, AreaKind, BlobError, CreateError, CreditReference, CreditSource, ErrorCode, Failure,
+    Generation, GenerationId, GenerationStatus, Geocoded, GrantAmount, HoldState, IdempotencyKey,
+    LedgerEntry, LedgerError, LedgerKind, StoreError, UserId,
+};
+use terrace_ports::{
+    BlobStore, CancelOutcome, Clock, CreateOutcome, GenerationStore, Grant, IdempotencyClaim, Image, Lease,
+    LeaseState, Ledger, ListQuery, NewGeneration, Notification, Page, PoolStatus, StoreGauges,
+    StoredResponse, WorkerId,
+};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+const IDEMPOTENCY_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// A wall clock that advances with tokio's clock: paused in tests that pause
+/// time, real otherwise.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    wall: DateTime<Utc>,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Self {
+        Self { wall: Utc::now(), start: tokio::time::Instant::now() }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.start);
+        self.wall + chrono::TimeDelta::from_std(elapsed).unwrap_or(chrono::TimeDelta::MAX)
+    }
+}
+
+#[derive(Debug)]
+struct Row {
+    generation: Generation,
+    seq: u64,
+    lease_owner: Option<WorkerId>,
+    lease_expires: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+struct Idempotency {
+    request_hash: String,
+    generation_id: GenerationId,
+    response: Option<StoredResponse>,
+    expires_at: DateTime<Utc>,
+}
+
+/// What a ledger entry is about.
+enum Link {
+    Area(GenerationId, AreaKind),
+    Reference(String),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    accounts: HashMap<UserId, Account>,
+    entries: Vec<LedgerEntry>,
+    references: HashSet<(UserId, String)>,
+    rows: HashMap<GenerationId, Row>,
+    next_seq: u64,
+    idempotency: HashMap<(UserId, String), Idempotency>,
+}
+
+impl State {
+    /// Appends a ledger entry of one of `user_id`'s credits, for an area or
+    /// with a reference.
+    fn entry(&mut self, now: DateTime<Utc>, line: (UserId, LedgerKind, CreditSource, u64), link: Link) {
+        let (user_id, kind, source, amount) = line;
+        let id = self.entries.len() as i64 + 1;
+        let (at, reference) = match link {
+            Link::Area(g, a) => (Some((g, a)), None),
+            Link::Reference(r) => (None, Some(r)),
+        };
+        self.entries.push(LedgerEntry {
+            id,
+            user_id,
+            kind,
+            amount,
+            source,
+            generation_id: at.map(|a| a.0),
+            area: at.map(|a| a.1),
+            reference,
+            created_at: now,
+        });
+    }
+
+    fn open(&mut self, now: DateTime<Utc>, user: UserId, trial: u64) -> Account {
+        if let Some(a) = self.accounts.get(&user) {
+            return *a;
+        }
+        let a = Account::open(user, trial);
+        self.accounts.insert(user, a);
+        if trial > 0 {
+            self.entry(
+                now,
+                (user, LedgerKind::Credit, CreditSource::Trial, trial),
+                Link::Reference("trial".into()),
+            );
+        }
+        a
+    }
+
+    /// Records the ledger side of areas that just ended or completed.
+    fn resolve_holds(&mut self, now: DateTime<Utc>, generation: &Generation, before: &[HoldState]) {
+        for (area, was) in generation.areas.iter().zip(before) {
+            if *was != HoldState::Held || area.hold == HoldState::Held {
+                continue;
+            }
+            let account = self
+                .accounts
+                .entry(generation.user_id)
+                .or_insert_with(|| Account::open(generation.user_id, 0));
+            let kind = match area.hold {
+                HoldState::Captured => {
+                    account.capture();
+                    LedgerKind::Capture
+                }
+                _ => {
+                    account.void(area.hold_source);
+                    LedgerKind::Void
+                }
+            };
+            self.entry(
+                now,
+                (generation.user_id, kind, area.hold_source, 1),
+                Link::Area(generation.id, area.kind()),
+            );
+        }
+    }
+
+    fn fenced(&mut self, lease: &Lease) -> Result<&mut Row, StoreError> {
+        let row = self.rows.get_mut(&lease.generation_id).ok_or(StoreError::NotFound)?;
+        if row.generation.status.is_terminal() {
+            return Err(StoreError::Finished);
+        }
+        if row.generation.attempt != lease.attempt || row.lease_owner.as_ref() != Some(&lease.owner) {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok(row)
+    }
+
+    /// Applies `change` to a fenced generation and books any holds it resolved.
+    fn change<T>(
+        &mut self,
+        now: DateTime<Utc>,
+        lease: &Lease,
+        change: impl FnOnce(&mut Row) -> Result<T, StoreError>,
+    ) -> Result<(T, Generation), StoreError> {
+        let row = self.fenced(lease)?;
+        let before: Vec<_> = row.generation.areas.iter().map(|a| a.hold).collect();
+        let out = change(row)?;
+        let generation = row.generation.clone();
+        self.resolve_holds(now, &generation, &before);
+        Ok((out, generation))
+    }
+
+    fn claimable(row: &Row, now: DateTime<Utc>) -> bool {
+        let g = &row.generation;
+        let free = match g.status {
+            GenerationStatus::Pending => true,
+            GenerationStatus::Processing => row.lease_expires.is_none_or(|e| e <= now),
+            _ => false,
+        };
+        free && g.deadline_at > now
+    }
+
+    fn take_claim(row: &mut Row, now: DateTime<Utc>, owner: &WorkerId, ttl: Duration) -> Generation {
+        let g = &mut row.generation;
+        g.attempt += 1;
+        g.status = GenerationStatus::Processing;
+        g.started_at.get_or_insert(now);
+        row.lease_owner = Some(owner.clone());
+        row.lease_expires = Some(now + delta(ttl));
+        g.clone()
+    }
+}
+
+fn delta(d: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// The generation store and the credit ledger, in memory.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    clock: Arc<dyn Clock>,
+    events: broadcast::Sender<Notification>,
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self { state: Arc::default(), clock, events }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data: every change
+        // is computed before it is stored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self, n: Notification) {
+        let _ = self.events.send(n);
+    }
+
+    fn fenced_write(
+        &self,
+        lease: &Lease,
+        change: impl FnOnce(&mut Row, DateTime<Utc>) -> Result<(), StoreError>,
+    ) -> Result<Generation, StoreError> {
+        let now = self.clock.now();
+        let (_, g) = self.lock().change(now, lease, |row| change(row, now))?;
+        self.notify(Notification::Changed(lease.generation_id));
+        Ok(g)
+    }
+}
+
+fn area_of(row: &mut Row, area: AreaKind) -> Result<&mut Area, StoreError> {
+    row.generation.area_mut(area).ok_or(StoreError::NotFound)
+}
+
+fn page<T>(items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+    let mut items = items;
+    let next_cursor = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(&cursor_of).unwrap_or_default()
+    });
+    Page { items, next_cursor }
+}
+
+fn parse_cursor(c: &Option<String>) -> Result<Option<u64>, StoreError> {
+    c.as_deref()
+        .map(|s| s.parse::<u64>().map_err(|_| StoreError::Internal { detail: "malformed cursor".into() }))
+        .transpose()
+}
+
+#[async_trait]
+impl GenerationStore for MemoryStore {
+    async fn create(
+        &self,
+        new: NewGeneration,
+        idempotency: Option<IdempotencyClaim>,
+    ) -> Result<CreateOutcome, CreateError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        if let Some(claim) = &idempotency {
+            let k = (new.user_id, claim.key.as_str().to_owned());
+            if let Some(prior) = s.idempotency.get(&k).filter(|p| p.expires_at > now) {
+                if prior.request_hash != claim.request_hash {
+                    return Err(CreateError::IdempotencyKeyReused);
+                }
+                let response = prior.response.clone();
+                let generation = s.rows[&prior.generation_id].generation.clone();
+                return Ok(CreateOutcome::Replayed { generation, response });
+            }
+        }
+        s.open(now, new.user_id, new.trial_credits);
+        let account = s.accounts.get_mut(&new.user_id).ok_or(StoreError::NotFound)?;
+        let sources = account
+            .hold(new.request.areas.len())
+            .map_err(|e| CreateError::InsufficientCredits { needed: e.needed, available: e.available })?;
+        let areas: Vec<Area> = new
+            .request
+            .areas
+            .iter()
+            .zip(&sources)
+            .map(|(spec, source)| Area {
+                spec: spec.clone(),
+                status: AreaStatus::Pending,
+                stage: AreaStage::Queued,
+                progress: 0,
+                image_key: None,
+                error: None,
+                completed_at: None,
+                hold_source: *source,
+                hold: HoldState::Held,
+            })
+            .collect();
+        for a in &areas {
+            s.entry(now, (new.user_id, LedgerKind::Hold, a.hold_source, 1), Link::Area(new.id, a.kind()));
+        }
+        let generation = Generation {
+            id: new.id,
+            user_id: new.user_id,
+            request_id: new.request_id,
+            status: GenerationStatus::Pending,
+            address: new.request.address,
+            geocoded: None,
+            areas,
+            error: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            deadline_at: now + delta(new.deadline),
+            attempt: 0,
+            cancel_requested: false,
+        };
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.rows.insert(
+            new.id,
+            Row { generation: generation.clone(), seq, lease_owner: None, lease_expires: None },
+        );
+        if let Some(claim) = idempotency {
+            s.idempotency.insert(
+                (new.user_id, claim.key.as_str().to_owned()),
+                Idempotency {
+                    request_hash: claim.request_hash,
+                    generation_id: new.id,
+                    response: None,
+                    expires_at: now + IDEMPOTENCY_TTL,
+                },
+            );
+        }
+        drop(s);
+        self.notify(Notification::Created(new.id));
+        Ok(CreateOutcome::Created(generation))
+    }
+
+    async fn save_response(
+        &self,
+        user: UserId,
+        key: &IdempotencyKey,
+        response: StoredResponse,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let entry = s.idempotency.get_mut(&(user, key.as_str().to_owned())).ok_or(StoreError::NotFound)?;
+        entry.response.get_or_insert(response);
+        Ok(())
+    }
+
+    async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
+        Ok(self.lock().rows.get(&id).map(|r| r.generation.clone()))
+    }
+
+    async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
+        let before = parse_cursor(&query.cursor)?.unwrap_or(u64::MAX);
+        let s = self.lock();
+        let mut rows: Vec<&Row> = s
+            .rows
+            .values()
+            .filter(|r| r.generation.user_id == user && r.seq < before)
+            .filter(|r| query.status.is_none_or(|st| r.generation.status == st))
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        rows.truncate(query.limit + 1);
+        let seqs: HashMap<GenerationId, u64> = rows.iter().map(|r| (r.generation.id, r.seq)).collect();
+        let items = rows.into_iter().map(|r| r.generation.clone()).collect();
+        Ok(page(items, query.limit, |g: &Generation| seqs[&g.id].to_string()))
+    }
+
+    async fn cancel(&self, id: GenerationId) -> Result<CancelOutcome, StoreError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let row = s.rows.get_mut(&id).ok_or(StoreError::NotFound)?;
+        if row.generation.status.is_terminal() {
+            return Ok(CancelOutcome::AlreadyTerminal(row.generation.clone()));
+        }
+        let before: Vec<_> = row.generation.areas.iter().map(|a| a.hold).collect();
+        let g = &mut row.generation;
+        g.cancel_requested = true;
+        g.end_unfinished(
+            AreaStatus::Cancelled,
+            &Failure::new(ErrorCode::Cancelled, "cancelled by the user"),
+            now,
+        );
+        g.settle(now);
+        row.lease_owner = None;
+        row.lease_expires = None;
+        let generation = row.generation.clone();
+        s.resolve_holds(now, &generation, &before);
+        drop(s);
+        self.notify(Notification::CancelRequested(id));
+        self.notify(Notification::Changed(id));
+        Ok(CancelOutcome::Cancelled(generation))
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Generation>, StoreError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let mut free: Vec<&mut Row> = s.rows.values_mut().filter(|r| State::claimable(r, now)).collect();
+        free.sort_by_key(|r| r.seq);
+        let claimed: Vec<_> =
+            free.into_iter().take(limit).map(|r| State::take_claim(r, now, owner, ttl)).collect();
+        drop(s);
+        for g in &claimed {
+            self.notify(Notification::Changed(g.id));
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_one(
+        &self,
+        id: GenerationId,
+        owner: &WorkerId,
+        ttl: Duration,
+    ) -> Result<Option<Generation>, StoreError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let claimed = s
+            .rows
+            .get_mut(&id)
+            .filter(|r| State::claimable(r, now))
+            .map(|r| State::take_claim(r, now, owner, ttl));
+        drop(s);
+        if claimed.is_some() {
+            self.notify(Notification::Changed(id));
+        }
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, owner: &WorkerId, ttl: Duration) -> Result<Vec<LeaseState>, StoreError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        Ok(s.rows
+            .values_mut()
+            .filter(|r| r.lease_owner.as_ref() == Some(owner) && !r.generation.status.is_terminal())
+            .map(|r| {
+                r.lease_expires = Some(now + delta(ttl));
+                LeaseState {
+                    generation_id: r.generation.id,
+                    attempt: r.generation.attempt,
+                    cancel_requested: r.generation.cancel_requested,
+                }
+            })
+            .collect())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.fenced_write(lease, |row, _| {
+            row.generation.areas.iter_mut().for_each(Area::hand_back);
+            row.generation.status = GenerationStatus::Pending;
+            row.lease_owner = None;
+            row.lease_expires = None;
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    async fn record_geocode(&self, lease: &Lease, geocoded: &Geocoded) -> Result<(), StoreError> {
+        self.fenced_write(lease, |row, _| {
+            row.generation.geocoded = Some(geocoded.clone());
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    async fn advance_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        stage: AreaStage,
+        progress: u8,
+    ) -> Result<(), StoreError> {
+        self.fenced_write(lease, |row, _| {
+            area_of(row, area)?.advance(stage, progress).map_err(|_| StoreError::Finished)
+        })
+        .map(drop)
+    }
+
+    async fn complete_area(&self, lease: &Lease, area: AreaKind, image_key: &str) -> Result<(), StoreError> {
+        self.fenced_write(lease, |row, now| {
+            area_of(row, area)?.complete(image_key.to_owned(), now).map_err(|_| StoreError::Finished)
+        })
+        .map(drop)
+    }
+
+    async fn end_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        status: AreaStatus,
+        failure: &Failure,
+    ) -> Result<(), StoreError> {
+        self.fenced_write(lease, |row, now| {
+            area_of(row, area)?.end(status, failure.clone(), now).map_err(|_| StoreError::Finished)
+        })
+        .map(drop)
+    }
+
+    async fn finish(
+        &self,
+        lease: &Lease,
+        unfinished: AreaStatus,
+        failure: &Failure,
+    ) -> Result<Generation, StoreError> {
+        self.fenced_write(lease, |row, now| {
+            row.generation.end_unfinished(unfinished, failure, now);
+            row.generation.settle(now);
+            row.lease_owner = None;
+            row.lease_expires = None;
+            Ok(())
+        })
+    }
+
+    async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
+        let now = self.clock.now();
+        let failure = Failure::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed");
+        let mut s = self.lock();
+        let overdue: Vec<GenerationId> = s
+            .rows
+            .values()
+            .filter(|r| {
+                let g = &r.generation;
+                !g.status.is_terminal() && g.deadline_at <= now && r.lease_expires.is_none_or(|e| e <= now)
+            })
+            .take(limit)
+            .map(|r| r.generation.id)
+            .collect();
+        for id in &overdue {
+            let Some(row) = s.rows.get_mut(id) else { continue };
+            let before: Vec<_> = row.generation.areas.iter().map(|a| a.hold).collect();
+            row.generation.end_unfinished(AreaStatus::Failed, &failure, now);
+            row.generation.settle(now);
+            row.lease_owner = None;
+            row.lease_expires = None;
+            let generation = row.generation.clone();
+            s.resolve_holds(now, &generation, &before);
+        }
+        drop(s);
+        for id in &overdue {
+            self.notify(Notification::Changed(*id));
+        }
+        Ok(overdue)
+    }
+
+    fn notifications(&self) -> BoxStream<'static, Notification> {
+        BroadcastStream::new(self.events.subscribe()).filter_map(|n| async move { n.ok() }).boxed()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn gauges(&self, lease_ttl: Duration) -> Result<StoreGauges, StoreError> {
+        let now = self.clock.now();
+        let s = self.lock();
+        let stuck = s
+            .rows
+            .values()
+            .filter(|r| {
+                r.generation.status == GenerationStatus::Processing
+                    && r.generation.deadline_at + delta(lease_ttl) < now
+            })
+            .count() as u64;
+        Ok(StoreGauges { credits_held: s.accounts.values().map(|a| a.held).sum(), stuck })
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryStore {
+    async fn open_account(&self, user: UserId, trial_credits: u64) -> Result<Account, LedgerError> {
+        let now = self.clock.now();
+        Ok(self.lock().open(now, user, trial_credits))
+    }
+
+    async fn transactions(
+        &self,
+        user: UserId,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<Page<LedgerEntry>, LedgerError> {
+        let before = parse_cursor(&cursor)?.map_or(i64::MAX, |c| c as i64);
+        let s = self.lock();
+        let items: Vec<LedgerEntry> = s
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| e.user_id == user && e.id < before)
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(page(items, limit, |e: &LedgerEntry| e.id.to_string()))
+    }
+
+    async fn grant(
+        &self,
+        user: UserId,
+        amount: GrantAmount,
+        reference: &CreditReference,
+        trial_credits: u64,
+    ) -> Result<Grant, LedgerError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        s.open(now, user, trial_credits);
+        let applied = s.references.insert((user, reference.as_str().to_owned()));
+        if applied {
+            if let Some(a) = s.accounts.get_mut(&user) {
+                a.credit(CreditSource::Token, amount.get());
+            }
+            let r = Link::Reference(reference.as_str().to_owned());
+            s.entry(now, (user, LedgerKind::Credit, CreditSource::Token, amount.get()), r);
+        }
+        let account = s.accounts[&user];
+        Ok(Grant { account, applied })
+    }
+
+    async fn conservation_violations(&self) -> Result<Vec<String>, LedgerError> {
+        let s = self.lock();
+        let mut by_user: HashMap<UserId, Vec<LedgerEntry>> = HashMap::new();
+        for e in &s.entries {
+            by_user.entry(e.user_id).or_default().push(e.clone());
+        }
+        Ok(s.accounts
+            .values()
+            .filter_map(|a| {
+                check_conservation(a, by_user.get(&a.user_id).map_or(&[][..], Vec::as_slice)).err()
+            })
+            .collect())
+    }
+}
+
+/// Images in memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBlobs {
+    blobs: Arc<Mutex<HashMap<String, Image>>>,
+}
+
+impl MemoryBlobs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// How many blobs are stored.
+    pub fn len(&self) -> usize {
+        self.blobs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl BlobStore for MemoryBlobs {
+    async fn put(&self, key: &str, image: Image) -> Result<(), BlobError> {
+        self.blobs.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned(), image);
+        Ok(())
+    }
+    async fn get(&self, key: &str) -> Result<Image, BlobError> {
+        self.blobs.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned().ok_or(BlobError::NotFound)
+    }
+}
