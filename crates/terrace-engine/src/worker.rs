@@ -1,0 +1,242 @@
+//! An instance's worker: the loops that claim, heartbeat, sweep and deliver
+//! cancellation, and the handle the binary and the API hold.
+
+use crate::Ports;
+use crate::retry::bounded;
+use crate::runner::{RunOutcome, run_generation};
+use crate::supervisor::{ShutdownReport, StopReason, Supervisor, TaskInfo};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use terrace_domain::{Generation, Policies};
+use terrace_ports::{Lease, Notification, WorkerId};
+use tokio::sync::Notify;
+use tokio::time::{MissedTickBehavior, interval, sleep};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How many overdue generations one sweep ends at most.
+const SWEEP_BATCH: usize = 500;
+
+/// A running worker. Cheap to clone; all clones drive the same worker.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ports: Ports,
+    policies: Policies,
+    owner: WorkerId,
+    supervisor: Supervisor,
+    wake: Notify,
+    stop_loops: CancellationToken,
+}
+
+impl Engine {
+    /// Starts the worker's loops: claim (on [`Engine::wake`], on a `Created`
+    /// notification, and every sweep interval), heartbeat (one store call
+    /// per interval for all of this instance's leases), sweep (end overdue
+    /// work), and cancellation delivery. Must be called inside a tokio runtime.
+    pub fn start(ports: Ports, policies: Policies, owner: WorkerId) -> Engine {
+        let inner = Arc::new(Inner {
+            ports,
+            policies,
+            owner,
+            supervisor: Supervisor::new(),
+            wake: Notify::new(),
+            stop_loops: CancellationToken::new(),
+        });
+        let engine = Engine { inner };
+        let sup = &engine.inner.supervisor;
+        sup.spawn_loop(engine.clone().claim_loop());
+        sup.spawn_loop(engine.clone().heartbeat_loop());
+        sup.spawn_loop(engine.clone().notification_loop());
+        info!(worker = %engine.inner.owner, "worker started");
+        engine
+    }
+
+    /// Asks the worker to claim now (a generation was just created here).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// This instance's running generations.
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        self.inner.supervisor.list()
+    }
+
+    /// How many generations run here now.
+    pub fn active(&self) -> usize {
+        self.inner.supervisor.count()
+    }
+
+    /// Every task alive, the worker's own loops included (0 after shutdown).
+    pub fn tracked_tasks(&self) -> usize {
+        self.inner.supervisor.tracked()
+    }
+
+    pub fn worker_id(&self) -> &WorkerId {
+        &self.inner.owner
+    }
+
+    /// Stops a generation running here (the store has recorded the user's
+    /// cancel already). Returns whether it ran here.
+    pub fn cancel_local(&self, generation: terrace_domain::GenerationId) -> bool {
+        self.inner.supervisor.cancel(generation, StopReason::User)
+    }
+
+    /// Stops claiming, tells every running generation to hand itself back,
+    /// and waits at most `grace` for them.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.inner.stop_loops.cancel();
+        let report = self.inner.supervisor.shutdown(grace).await;
+        info!(stopped = report.stopped, drained = report.drained, "worker stopped");
+        report
+    }
+
+    fn call_limit(&self) -> Duration {
+        self.inner.policies.db.call_timeout()
+    }
+
+    /// Starts a claimed generation under the supervisor.
+    fn run(&self, generation: Generation) {
+        let lease = Lease {
+            generation_id: generation.id,
+            attempt: generation.attempt,
+            owner: self.inner.owner.clone(),
+        };
+        let info = TaskInfo {
+            generation_id: generation.id,
+            request_id: generation.request_id.clone(),
+            attempt: generation.attempt,
+            started_at: self.inner.ports.clock.now(),
+            deadline_at: generation.deadline_at,
+            stage: "starting",
+        };
+        let engine = self.clone();
+        self.inner.supervisor.spawn(info, move |stop, stage| async move {
+            let i = &engine.inner;
+            let outcome = run_generation(&i.ports, &i.policies, generation, lease, stop, Some(stage)).await;
+            if matches!(outcome, RunOutcome::Finished(_)) {
+                // Capacity freed: look for more work at once.
+                engine.wake();
+            }
+        });
+    }
+
+    async fn claim_available(&self) {
+        let i = &self.inner;
+        let room = i.policies.lease.max_running.saturating_sub(i.supervisor.count());
+        if room == 0 || i.stop_loops.is_cancelled() {
+            return;
+        }
+        let claim = i.ports.store.claim(&i.owner, i.policies.lease.ttl, room);
+        match bounded(self.call_limit(), "claim", claim).await {
+            Ok(claimed) => {
+                if !claimed.is_empty() {
+                    debug!(count = claimed.len(), "claimed generations");
+                }
+                claimed.into_iter().for_each(|g| self.run(g));
+            }
+            Err(e) => warn!(error = %e, "claim failed"),
+        }
+    }
+
+    async fn sweep(&self) {
+        let store = &self.inner.ports.store;
+        match bounded(self.call_limit(), "end_overdue", store.end_overdue(SWEEP_BATCH)).await {
+            Ok(ended) if !ended.is_empty() => info!(count = ended.len(), "ended overdue generations"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "sweep failed"),
+        }
+    }
+
+    async fn claim_loop(self) {
+        let stop = self.inner.stop_loops.clone();
+        let mut tick = interval(self.inner.policies.lease.sweep_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.inner.wake.notified() => {}
+                _ = tick.tick() => self.sweep().await,
+            }
+            self.claim_available().await;
+        }
+    }
+
+    async fn heartbeat_loop(self) {
+        let stop = self.inner.stop_loops.clone();
+        let mut tick = interval(self.inner.policies.lease.heartbeat_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => self.heartbeat().await,
+            }
+        }
+    }
+
+    /// Renews every lease in one call and reconciles: a generation this
+    /// instance runs but no longer owns stops without writing; one whose user
+    /// asked to cancel stops as cancelled.
+    async fn heartbeat(&self) {
+        let i = &self.inner;
+        let running = i.supervisor.running();
+        if running.is_empty() {
+            return;
+        }
+        let beat = i.ports.store.heartbeat(&i.owner, i.policies.lease.ttl);
+        let leases = match bounded(self.call_limit(), "heartbeat", beat).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed");
+                return;
+            }
+        };
+        let owned: HashMap<_, _> = leases.iter().map(|l| (l.generation_id, l)).collect();
+        for (id, attempt) in running {
+            match owned.get(&id) {
+                Some(l) if l.attempt == attempt && l.cancel_requested => {
+                    i.supervisor.cancel(id, StopReason::User);
+                }
+                Some(l) if l.attempt == attempt => {}
+                _ => {
+                    if i.supervisor.cancel(id, StopReason::LeaseLost) {
+                        warn!(generation_id = %id, "lease no longer held");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn notification_loop(self) {
+        let stop = self.inner.stop_loops.clone();
+        while !stop.is_cancelled() {
+            let mut events = self.inner.ports.store.notifications();
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    n = events.next() => n,
+                };
+                match next {
+                    Some(Notification::Created(_)) => self.wake(),
+                    Some(Notification::CancelRequested(id)) => {
+                        self.inner.supervisor.cancel(id, StopReason::User);
+                    }
+                    Some(Notification::Changed(_)) => {}
+                    None => break,
+                }
+            }
+            // The stream ended (its connection dropped): subscribe again after
+            // a pause; heartbeats and sweeps cover the gap.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
