@@ -12,12 +12,14 @@ use crate::Ports;
 use crate::retry::{bounded, with_retry};
 use crate::supervisor::{StageReporter, Stop, StopReason};
 use futures::StreamExt;
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 use terrace_domain::prompt::design_prompt;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
-    Area, Classify, DesignError, ErrorCode, Failure, Generation, GeocodeError, Geocoded, ImageryError,
-    LatLng, Policies, StoreError, TimeoutKind, UpstreamError,
+    Area, AreaKind, Classify, DesignError, ErrorCode, Failure, Generation, GeocodeError, Geocoded, HoldState,
+    ImageryError, LatLng, Policies, StoreError, TimeoutKind, UpstreamError,
 };
 use terrace_ports::{DesignEvent, DesignRequest, Image, Lease, SourceKind, Upstream, blob_key};
 use tokio::sync::OnceCell;
@@ -76,7 +78,14 @@ pub async fn run_generation(
         let started = Instant::now();
         let deadline = deadline_instant(ports, generation.deadline_at);
         info!(areas = generation.areas.len(), "generation started");
-        let run = Run { ports, policies, lease: &lease, stage, sources: Sources::default() };
+        let run = Run {
+            ports,
+            policies,
+            lease: &lease,
+            stage,
+            sources: Sources::default(),
+            resolved: Mutex::default(),
+        };
         let ended = tokio::select! {
             biased;
             reason = stop.fired() => Err(reason),
@@ -123,6 +132,8 @@ struct Run<'a> {
     lease: &'a Lease,
     stage: Option<StageReporter>,
     sources: Sources,
+    /// Areas whose hold this run resolved (and reported) itself.
+    resolved: Mutex<HashSet<AreaKind>>,
 }
 
 impl Run<'_> {
@@ -130,6 +141,10 @@ impl Run<'_> {
         if let Some(s) = &self.stage {
             s.set(stage);
         }
+    }
+
+    fn resolved(&self, area: AreaKind) {
+        self.resolved.lock().unwrap_or_else(|p| p.into_inner()).insert(area);
     }
 
     fn call_limit(&self) -> Duration {
@@ -213,6 +228,7 @@ impl Run<'_> {
                 return match done {
                     Ok(()) => {
                         info!("area completed");
+                        self.resolved(kind);
                         Ok(())
                     }
                     Err(StoreError::Finished) => Ok(()),
@@ -237,6 +253,7 @@ impl Run<'_> {
         match ended {
             Ok(()) => {
                 self.ports.observer.hold_voided(failure.code);
+                self.resolved(kind);
                 Ok(())
             }
             Err(StoreError::Finished) => Ok(()),
@@ -419,17 +436,16 @@ impl Run<'_> {
         .await;
         match r {
             Ok(g) => {
-                let voided_now = g.voided().saturating_sub(generation.voided());
-                // Areas this write ended (those the runner ended reported already).
-                let ended_here = g
-                    .areas
-                    .iter()
-                    .filter(|a| {
-                        a.error.as_ref().is_some_and(|e| e.code == failure.code) && a.status == status
-                    })
-                    .count() as u64;
-                for _ in 0..ended_here.min(voided_now) {
-                    self.ports.observer.hold_voided(failure.code);
+                // Report the voids this final write made: areas held when the
+                // run began that the run did not resolve itself.
+                let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for (now, then) in g.areas.iter().zip(&generation.areas) {
+                    let voided_here = then.hold == HoldState::Held
+                        && now.hold == HoldState::Voided
+                        && !resolved.contains(&now.kind());
+                    if voided_here {
+                        self.ports.observer.hold_voided(now.error.as_ref().map_or(failure.code, |e| e.code));
+                    }
                 }
                 self.finished(g)
             }

@@ -219,12 +219,21 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "the generation deadline arrives mid-stream (200 s of it spent queued)",
-            google: || FakeGoogle::new().design("patio", &[], Design::DripForever(S(30.0))),
+            areas: &["front_yard", "patio"],
+            google: || {
+                let blocked = Design::Fail(DesignError::Blocked { reason: "SAFETY".into() });
+                FakeGoogle::new().design("patio", &[], Design::DripForever(S(30.0))).design(
+                    "front_yard",
+                    &[],
+                    blocked,
+                )
+            },
             queued_for: S(200.0),
             status: G::Failed,
-            error: Some(DeadlineExceeded),
-            area_errors: &[Some(DeadlineExceeded)],
+            error: Some(ContentBlocked),
+            area_errors: &[Some(ContentBlocked), Some(DeadlineExceeded)],
             elapsed: (100.0, 100.01),
+            design_calls: 2,
             ..base
         },
         Scenario {
