@@ -1,0 +1,3 @@
+//! The in-memory adapter's integration tests.
+
+mod conformance;

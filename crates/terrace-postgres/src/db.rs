@@ -1,0 +1,233 @@
+//! The pool and the bounds on every call: a connection within the acquire
+//! timeout, a body within the client-side deadline, and a connection whose
+//! deadline passed cancelled on the server and discarded.
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType, Timeouts,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use terrace_domain::{DbPolicy, LockPolicy, Policies, StoreError};
+use terrace_ports::PoolStatus;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{CancelToken, NoTls};
+use tokio_util::task::TaskTracker;
+
+/// Slack between the server's own timeouts and the client-side deadline, so
+/// that the server's answer (a clean `57014`) normally wins.
+const CLIENT_SLACK: Duration = Duration::from_secs(1);
+
+/// Builds the driver configuration from a URL and the database policy:
+/// connect timeout, TCP keepalives and user timeout, and the server-side
+/// timeouts as startup options of every session.
+pub(crate) fn pg_config(
+    url: &str,
+    db: &DbPolicy,
+    application: &str,
+) -> Result<tokio_postgres::Config, StoreError> {
+    let mut cfg: tokio_postgres::Config =
+        url.parse().map_err(|e| StoreError::Internal { detail: format!("invalid database URL: {e}") })?;
+    let ms = |d: Duration| d.as_millis().max(1);
+    let options = format!(
+        "{} -c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        cfg.get_options().unwrap_or_default(),
+        ms(db.statement_timeout),
+        ms(db.lock_timeout),
+        ms(db.idle_in_transaction_timeout),
+    );
+    cfg.options(options.trim_start())
+        .application_name(application)
+        .connect_timeout(db.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        // A connection whose sent data goes unacknowledged this long is dead.
+        .tcp_user_timeout(db.connect_timeout.max(Duration::from_secs(1)) + db.statement_timeout);
+    Ok(cfg)
+}
+
+/// The pool and the policy it runs under. Cheap to share.
+#[derive(Debug)]
+pub(crate) struct Db {
+    pub(crate) pool: Pool,
+    pub(crate) policy: DbPolicy,
+    pub(crate) lock: LockPolicy,
+    /// The longest a call's body may run once it has a connection.
+    pub(crate) deadline: Duration,
+    acquire_timeouts: AtomicU64,
+    /// Cancel requests for connections whose deadline passed.
+    tasks: TaskTracker,
+}
+
+impl Db {
+    pub(crate) fn new(
+        cfg: tokio_postgres::Config,
+        policies: &Policies,
+        tasks: TaskTracker,
+    ) -> Result<Db, StoreError> {
+        let db = policies.db.clone();
+        let manager =
+            Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+        let pool = Pool::builder(manager)
+            .max_size(db.pool_size)
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(db.acquire_timeout),
+                create: Some(db.connect_timeout),
+                recycle: Some(db.connect_timeout),
+            })
+            .build()
+            .map_err(|e| StoreError::Internal { detail: format!("building the pool: {e}") })?;
+        let deadline = db.statement_timeout + CLIENT_SLACK;
+        Ok(Db { pool, policy: db, lock: policies.lock, deadline, acquire_timeouts: AtomicU64::new(0), tasks })
+    }
+
+    /// A connection from the pool, within the acquire timeout (plus the
+    /// connect timeout when a new connection must be made). Counts timeouts.
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Conn, StoreError> {
+        let bound = self.policy.acquire_timeout + self.policy.connect_timeout + CLIENT_SLACK;
+        let got = tokio::time::timeout(bound, self.pool.get()).await;
+        let obj = match got {
+            Ok(Ok(obj)) => obj,
+            Ok(Err(PoolError::Timeout(kind))) => {
+                self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+                let what = match kind {
+                    TimeoutType::Wait => "waiting for a pooled connection",
+                    TimeoutType::Create => "connecting to the database",
+                    TimeoutType::Recycle => "checking a pooled connection",
+                };
+                return Err(StoreError::Timeout { what: what.into() });
+            }
+            Ok(Err(PoolError::Backend(e))) => return Err(map_err(e)),
+            Ok(Err(e)) => return Err(StoreError::Unavailable { detail: e.to_string() }),
+            Err(_) => {
+                self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Timeout { what: "acquiring a connection".into() });
+            }
+        };
+        let cancel = obj.cancel_token();
+        Ok(Conn { obj: Some(obj), cancel, clean: false, db: self.clone() })
+    }
+
+    /// Runs `body` on a pooled connection within the client-side deadline.
+    /// If the deadline passes (or the caller drops the future), the running
+    /// query is cancelled on the server and the connection is discarded.
+    pub(crate) async fn run<T, E, F>(self: &Arc<Self>, what: &'static str, body: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: AsyncFnOnce(&mut Object) -> Result<T, E>,
+    {
+        let mut conn = self.acquire().await?;
+        let outcome = tokio::time::timeout(self.deadline, body(conn.client())).await;
+        match outcome {
+            Ok(result) => {
+                conn.clean = true;
+                result
+            }
+            Err(_) => {
+                drop(conn);
+                Err(StoreError::Timeout { what: format!("{what}: no answer within {:?}", self.deadline) }
+                    .into())
+            }
+        }
+    }
+
+    pub(crate) fn status(&self) -> PoolStatus {
+        let s = self.pool.status();
+        PoolStatus {
+            max: s.max_size,
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+            acquire_timeouts: self.acquire_timeouts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A pooled connection that returns to the pool only if its body finished;
+/// otherwise it is cancelled on the server and discarded.
+pub(crate) struct Conn {
+    obj: Option<Object>,
+    cancel: CancelToken,
+    clean: bool,
+    db: Arc<Db>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("clean", &self.clean).finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    pub(crate) fn client(&mut self) -> &mut Object {
+        self.obj.as_mut().expect("the connection is present until drop")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.clean {
+            return;
+        }
+        let Some(obj) = self.obj.take() else { return };
+        // Out of the pool for good: dropping the wrapper closes the socket.
+        drop(Object::take(obj));
+        let cancel = self.cancel.clone();
+        let bound = self.db.policy.connect_timeout;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Best effort and bounded: stop whatever the server still runs
+            // for the connection we gave up on.
+            self.db.tasks.spawn_on(
+                async move {
+                    match tokio::time::timeout(bound, cancel.cancel_query(NoTls)).await {
+                        Ok(Ok(())) => tracing::debug!("cancelled a query past its deadline"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cancelling a query past its deadline failed")
+                        }
+                        Err(_) => tracing::warn!("cancelling a query past its deadline timed out"),
+                    }
+                },
+                &rt,
+            );
+        }
+    }
+}
+
+/// Translates a driver error into the store's taxonomy.
+pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        if *code == SqlState::LOCK_NOT_AVAILABLE {
+            return StoreError::Busy;
+        }
+        if *code == SqlState::QUERY_CANCELED {
+            return StoreError::Timeout { what: "the statement or lock timeout passed".into() };
+        }
+        if *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT {
+            return StoreError::Timeout { what: "the transaction sat idle too long".into() };
+        }
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+            return StoreError::Busy;
+        }
+        if code.code().starts_with("08") || code.code().starts_with("57P") || code.code().starts_with("53") {
+            return StoreError::Unavailable { detail: e.to_string() };
+        }
+        return StoreError::Internal { detail: e.to_string() };
+    }
+    if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
+        return StoreError::Unavailable { detail: e.to_string() };
+    }
+    // Timeouts of the driver's own (connect_timeout) say so in their text.
+    let text = e.to_string();
+    if text.contains("timed out") || text.contains("timeout") {
+        return StoreError::Timeout { what: text };
+    }
+    StoreError::Unavailable { detail: text }
+}
+
+/// Whether the error is the lock policy refusing a row lock.
+pub(crate) fn is_lock_refused(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+}

@@ -1,0 +1,731 @@
+//! [`GenerationStore`] on Postgres.
+
+use crate::PgStore;
+use crate::db::{is_lock_refused, map_err};
+use crate::listen::{CHANNEL, payload};
+use crate::rows::{self, ACCOUNT_COLUMNS, corrupt, load, load_one, write_area, write_generation};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use std::time::Duration;
+use terrace_domain::state::{AreaStage, AreaStatus};
+use terrace_domain::{
+    Area, AreaKind, CreateError, CreditSource, ErrorCode, Failure, Generation, GenerationId,
+    GenerationStatus, Geocoded, HoldState, IdempotencyKey, LockPolicy, StoreError, UserId,
+};
+use terrace_ports::{
+    CancelOutcome, CreateOutcome, GenerationStore, IdempotencyClaim, Lease, LeaseState, ListQuery,
+    NewGeneration, Notification, Page, PoolStatus, StoreGauges, StoredResponse, WorkerId,
+};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+/// How long an idempotency key is honoured.
+const IDEMPOTENCY_TTL_SECS: f64 = 24.0 * 3600.0;
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+pub(crate) async fn notify(c: &impl GenericClient, n: &Notification) -> Result<(), StoreError> {
+    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(n)]).await.map_err(map_err)?;
+    Ok(())
+}
+
+pub(crate) async fn now(c: &impl GenericClient) -> Result<DateTime<Utc>, StoreError> {
+    let row = c.query_one("SELECT now()", &[]).await.map_err(map_err)?;
+    Ok(row.get(0))
+}
+
+/// Opens the account if it does not exist, with its trial credits and their
+/// `credit` entry, in one statement (so outside any longer transaction: the
+/// insert of a new account never waits on another request's transaction).
+pub(crate) async fn open_account(c: &impl GenericClient, user: UserId, trial: u64) -> Result<(), StoreError> {
+    let trial = i64::try_from(trial).map_err(corrupt)?;
+    c.execute(
+        "WITH opened AS (
+             INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
+             VALUES ($1, $2, 0, $2)
+             ON CONFLICT (user_id) DO NOTHING
+             RETURNING user_id, trial_credits)
+         INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
+         SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0",
+        &[&user.0, &trial],
+    )
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// The account row lock, under the lock policy. `Ok(None)` when the lock was
+/// refused (SQLSTATE 55P03).
+pub(crate) async fn lock_account(
+    c: &impl GenericClient,
+    user: UserId,
+    policy: LockPolicy,
+) -> Result<Option<terrace_domain::Account>, StoreError> {
+    let sql = match policy {
+        LockPolicy::NoWait => {
+            format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1 FOR UPDATE NOWAIT")
+        }
+        LockPolicy::Timeout(d) => {
+            c.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)))
+                .await
+                .map_err(map_err)?;
+            format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1 FOR UPDATE")
+        }
+    };
+    match c.query_opt(&sql, &[&user.0]).await {
+        Ok(Some(row)) => Ok(Some(rows::account(&row)?)),
+        Ok(None) => Err(StoreError::NotFound),
+        Err(e) if is_lock_refused(&e) => Ok(None),
+        Err(e) => Err(map_err(e)),
+    }
+}
+
+/// Books the ledger side of every hold that `before` → `after` resolved: one
+/// entry per area, and the account's counters. Reports voids to the observer
+/// after the caller commits (returned as reasons).
+async fn book(
+    c: &impl GenericClient,
+    before: &Generation,
+    after: &Generation,
+) -> Result<Vec<ErrorCode>, StoreError> {
+    let (mut captured, mut trial, mut token) = (0i64, 0i64, 0i64);
+    let mut voided = Vec::new();
+    for (b, a) in before.areas.iter().zip(&after.areas) {
+        if b.hold != HoldState::Held || a.hold == HoldState::Held {
+            continue;
+        }
+        let kind = if a.hold == HoldState::Captured {
+            captured += 1;
+            "capture"
+        } else {
+            match a.hold_source {
+                CreditSource::Trial => trial += 1,
+                CreditSource::Token => token += 1,
+            }
+            voided.push(a.error.as_ref().map_or(ErrorCode::Internal, |f| f.code));
+            "void"
+        };
+        c.execute(
+            "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
+             VALUES ($1, $2, 1, $3, $4, $5)",
+            &[&after.user_id.0, &kind, &a.hold_source.as_str(), &after.id.0, &a.kind().as_str()],
+        )
+        .await
+        .map_err(map_err)?;
+    }
+    if captured + trial + token > 0 {
+        c.execute(
+            "UPDATE accounts SET held = held - $2, captured = captured + $3, trial_credits = trial_credits + $4, \
+             token_balance = token_balance + $5, updated_at = now() WHERE user_id = $1",
+            &[&after.user_id.0, &(captured + trial + token), &captured, &trial, &token],
+        )
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(voided)
+}
+
+/// Writes what changed from `before` to `after`: areas, holds, the
+/// generation's head (ending its lease unless `keep_lease`).
+async fn save(
+    c: &impl GenericClient,
+    before: &Generation,
+    after: &Generation,
+    keep_lease: bool,
+) -> Result<Vec<ErrorCode>, StoreError> {
+    for (b, a) in before.areas.iter().zip(&after.areas) {
+        if b != a {
+            write_area(c, after.id, a).await?;
+        }
+    }
+    let voided = book(c, before, after).await?;
+    let head_changed = before.status != after.status
+        || before.error != after.error
+        || before.completed_at != after.completed_at
+        || before.cancel_requested != after.cancel_requested;
+    if head_changed || !keep_lease {
+        write_generation(c, after, keep_lease).await?;
+    }
+    Ok(voided)
+}
+
+/// Reads a generation for a worker write, under its row lock: `LeaseLost`
+/// unless `lease` still holds, `Finished` if it is terminal.
+async fn fenced(c: &impl GenericClient, lease: &Lease) -> Result<(Generation, DateTime<Utc>), StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT status, attempt, lease_owner, now() FROM generations WHERE id = $1 FOR UPDATE",
+            &[&lease.generation_id.0],
+        )
+        .await
+        .map_err(map_err)?
+        .ok_or(StoreError::NotFound)?;
+    let status: String = row.get(0);
+    let attempt: i32 = row.get(1);
+    let owner: Option<String> = row.get(2);
+    let now: DateTime<Utc> = row.get(3);
+    if GenerationStatus::parse(&status).is_none_or(GenerationStatus::is_terminal) {
+        return Err(StoreError::Finished);
+    }
+    if i64::from(attempt) != i64::from(lease.attempt) || owner.as_deref() != Some(lease.owner.0.as_str()) {
+        return Err(StoreError::LeaseLost);
+    }
+    let g = load_one(c, lease.generation_id, false).await?.ok_or(StoreError::NotFound)?;
+    Ok((g, now))
+}
+
+fn area_of(g: &mut Generation, area: AreaKind) -> Result<&mut Area, StoreError> {
+    g.area_mut(area).ok_or(StoreError::NotFound)
+}
+
+/// What a create found for its idempotency key.
+async fn replay(
+    c: &impl GenericClient,
+    user: UserId,
+    claim: &IdempotencyClaim,
+) -> Result<Option<CreateOutcome>, CreateError> {
+    let Some(row) = c
+        .query_opt(
+            "SELECT request_hash, generation_id, response_status, response_body FROM idempotency_keys \
+             WHERE user_id = $1 AND key = $2 AND expires_at > now()",
+            &[&user.0, &claim.key.as_str()],
+        )
+        .await
+        .map_err(map_err)?
+    else {
+        return Ok(None);
+    };
+    let hash: String = row.get(0);
+    if hash != claim.request_hash {
+        return Err(CreateError::IdempotencyKeyReused);
+    }
+    let id = GenerationId(row.get(1));
+    let status: Option<i16> = row.get(2);
+    let body: Option<String> = row.get(3);
+    let response = match (status, body) {
+        (Some(s), Some(body)) => Some(StoredResponse { status: u16::try_from(s).map_err(corrupt)?, body }),
+        _ => None,
+    };
+    let generation = load_one(c, id, false).await?.ok_or(StoreError::NotFound)?;
+    Ok(Some(CreateOutcome::Replayed { generation, response }))
+}
+
+impl PgStore {
+    /// Runs a fenced change in one transaction: reads under the row lock,
+    /// applies `change` (the domain's transitions), writes the difference,
+    /// announces it, and reports voided holds once committed.
+    async fn fenced_change(
+        &self,
+        what: &'static str,
+        lease: &Lease,
+        keep_lease: bool,
+        change: impl FnOnce(&mut Generation, DateTime<Utc>) -> Result<(), StoreError> + Send,
+    ) -> Result<Generation, StoreError> {
+        let (g, voided) = self
+            .db()
+            .run(what, async |c| {
+                let tx = c.transaction().await.map_err(map_err)?;
+                let (before, now) = fenced(&*tx, lease).await?;
+                let mut after = before.clone();
+                change(&mut after, now)?;
+                let voided = save(&*tx, &before, &after, keep_lease).await?;
+                notify(&*tx, &Notification::Changed(after.id)).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok::<_, StoreError>((after, voided))
+            })
+            .await?;
+        self.report(&voided);
+        Ok(g)
+    }
+
+    fn report(&self, voided: &[ErrorCode]) {
+        for code in voided {
+            self.inner.observer.hold_voided(*code);
+        }
+    }
+
+    /// Claims with `filter` (an extra condition on `generations`, with `$4`
+    /// free for it) up to `limit` rows.
+    async fn claim_where(
+        &self,
+        what: &'static str,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+        one: Option<GenerationId>,
+    ) -> Result<Vec<Generation>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db()
+            .run(what, async |c| {
+                let tx = c.transaction().await.map_err(map_err)?;
+                let rows = tx
+                    .query(
+                        "WITH picked AS (
+                             SELECT id FROM generations
+                             WHERE status IN ('pending', 'processing')
+                               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+                               AND deadline_at > now()
+                               AND ($4::uuid IS NULL OR id = $4)
+                             ORDER BY seq
+                             LIMIT $3
+                             FOR UPDATE SKIP LOCKED)
+                         UPDATE generations g
+                            SET attempt = g.attempt + 1,
+                                lease_owner = $1,
+                                lease_expires_at = LEAST(now(), g.deadline_at) + make_interval(secs => $2),
+                                status = 'processing',
+                                started_at = COALESCE(g.started_at, now())
+                           FROM picked WHERE g.id = picked.id
+                         RETURNING g.id, g.seq",
+                        &[&owner.0, &secs(ttl), &limit, &one.map(|g| g.0)],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                let mut ids: Vec<(i64, Uuid)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+                ids.sort();
+                let ids: Vec<Uuid> = ids.into_iter().map(|(_, id)| id).collect();
+                let claimed = load(&*tx, &ids, false).await?;
+                for (g, _) in &claimed {
+                    notify(&*tx, &Notification::Changed(g.id)).await?;
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(claimed.into_iter().map(|(g, _)| g).collect())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl GenerationStore for PgStore {
+    async fn create(
+        &self,
+        new: NewGeneration,
+        idempotency: Option<IdempotencyClaim>,
+    ) -> Result<CreateOutcome, CreateError> {
+        let lock = self.db().lock;
+        let new = &new;
+        let idempotency = idempotency.as_ref();
+        self.db()
+            .run("create", async |c| {
+                if let Some(claim) = idempotency {
+                    if let Some(out) = replay(&***c, new.user_id, claim).await? {
+                        return Ok(out);
+                    }
+                }
+                open_account(&***c, new.user_id, new.trial_credits).await?;
+                let tx = c.transaction().await.map_err(map_err)?;
+                let Some(mut account) = lock_account(&*tx, new.user_id, lock).await? else {
+                    return Err(CreateError::AccountBusy);
+                };
+                if let Some(claim) = idempotency {
+                    // A request with the same key may have committed meanwhile.
+                    if let Some(out) = replay(&*tx, new.user_id, claim).await? {
+                        return Ok(out);
+                    }
+                }
+                let sources = account.hold(new.request.areas.len()).map_err(|e| {
+                    CreateError::InsufficientCredits { needed: e.needed, available: e.available }
+                })?;
+                let n = |v: u64| i64::try_from(v).map_err(corrupt);
+                tx.execute(
+                    "UPDATE accounts SET trial_credits = $2, token_balance = $3, held = $4, updated_at = now() \
+                     WHERE user_id = $1",
+                    &[&new.user_id.0, &n(account.trial_credits)?, &n(account.token_balance)?, &n(account.held)?],
+                )
+                .await
+                .map_err(map_err)?;
+                tx.execute(
+                    "INSERT INTO generations (id, user_id, request_id, status, address, deadline_at) \
+                     VALUES ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5))",
+                    &[
+                        &new.id.0,
+                        &new.user_id.0,
+                        &new.request_id.as_str(),
+                        &new.request.address.as_str(),
+                        &secs(new.deadline),
+                    ],
+                )
+                .await
+                .map_err(map_err)?;
+                for (i, (spec, source)) in new.request.areas.iter().zip(&sources).enumerate() {
+                    let position = i16::try_from(i).map_err(corrupt)?;
+                    tx.execute(
+                        "INSERT INTO generation_areas (generation_id, position, area, style, custom_prompt, \
+                         preservation_strength, status, stage, progress, hold_source, hold_state) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 'queued', 0, $7, 'held')",
+                        &[
+                            &new.id.0,
+                            &position,
+                            &spec.area.as_str(),
+                            &spec.style.as_str(),
+                            &spec.custom_prompt.as_ref().map(|p| p.as_str()),
+                            &spec.preservation_strength.get(),
+                            &source.as_str(),
+                        ],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                    tx.execute(
+                        "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
+                         VALUES ($1, 'hold', 1, $2, $3, $4)",
+                        &[&new.user_id.0, &source.as_str(), &new.id.0, &spec.area.as_str()],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                }
+                if let Some(claim) = idempotency {
+                    let stored = tx
+                        .execute(
+                            "INSERT INTO idempotency_keys (user_id, key, request_hash, generation_id, expires_at) \
+                             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
+                             ON CONFLICT (user_id, key) DO UPDATE SET \
+                                 request_hash = EXCLUDED.request_hash, generation_id = EXCLUDED.generation_id, \
+                                 response_status = NULL, response_body = NULL, created_at = now(), \
+                                 expires_at = EXCLUDED.expires_at \
+                             WHERE idempotency_keys.expires_at <= now()",
+                            &[
+                                &new.user_id.0,
+                                &claim.key.as_str(),
+                                &claim.request_hash,
+                                &new.id.0,
+                                &IDEMPOTENCY_TTL_SECS,
+                            ],
+                        )
+                        .await
+                        .map_err(map_err)?;
+                    if stored == 0 {
+                        // Another request holds the key and has not finished.
+                        return Err(CreateError::AccountBusy);
+                    }
+                }
+                notify(&*tx, &Notification::Created(new.id)).await?;
+                let generation = load_one(&*tx, new.id, false).await?.ok_or(StoreError::NotFound)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(CreateOutcome::Created(generation))
+            })
+            .await
+    }
+
+    async fn save_response(
+        &self,
+        user: UserId,
+        key: &IdempotencyKey,
+        response: StoredResponse,
+    ) -> Result<(), StoreError> {
+        self.db()
+            .run("save_response", async |c| {
+                let n = c
+                    .execute(
+                        "UPDATE idempotency_keys SET response_status = COALESCE(response_status, $3), \
+                         response_body = COALESCE(response_body, $4) WHERE user_id = $1 AND key = $2",
+                        &[
+                            &user.0,
+                            &key.as_str(),
+                            &i16::try_from(response.status).map_err(corrupt)?,
+                            &response.body,
+                        ],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+            })
+            .await
+    }
+
+    async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
+        self.db().run("get", async |c| load_one(&***c, id, false).await).await
+    }
+
+    async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
+        let before = match query.cursor.as_deref() {
+            None => i64::MAX,
+            Some(c) => {
+                c.parse::<i64>().map_err(|_| StoreError::Internal { detail: "malformed cursor".into() })?
+            }
+        };
+        let limit = query.limit;
+        let status = query.status.map(GenerationStatus::as_str);
+        self.db()
+            .run("list", async |c| {
+                let rows = c
+                    .query(
+                        "SELECT id FROM generations WHERE user_id = $1 AND seq < $2 \
+                         AND ($3::text IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4",
+                        &[&user.0, &before, &status, &(i64::try_from(limit).unwrap_or(i64::MAX) + 1)],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+                let mut items = load(&***c, &ids, false).await?;
+                let next_cursor = (items.len() > limit).then(|| {
+                    items.truncate(limit);
+                    items.last().map(|(_, seq)| seq.to_string()).unwrap_or_default()
+                });
+                Ok(Page { items: items.into_iter().map(|(g, _)| g).collect(), next_cursor })
+            })
+            .await
+    }
+
+    async fn cancel(&self, id: GenerationId) -> Result<CancelOutcome, StoreError> {
+        let (outcome, voided) = self
+            .db()
+            .run("cancel", async |c| {
+                let tx = c.transaction().await.map_err(map_err)?;
+                let before = load_one(&*tx, id, true).await?.ok_or(StoreError::NotFound)?;
+                if before.status.is_terminal() {
+                    return Ok((CancelOutcome::AlreadyTerminal(before), Vec::new()));
+                }
+                let now = now(&*tx).await?;
+                let mut after = before.clone();
+                after.cancel_requested = true;
+                after.end_unfinished(
+                    AreaStatus::Cancelled,
+                    &Failure::new(ErrorCode::Cancelled, "cancelled by the user"),
+                    now,
+                );
+                after.settle(now);
+                let voided = save(&*tx, &before, &after, false).await?;
+                notify(&*tx, &Notification::CancelRequested(id)).await?;
+                notify(&*tx, &Notification::Changed(id)).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok((CancelOutcome::Cancelled(after), voided))
+            })
+            .await?;
+        self.report(&voided);
+        Ok(outcome)
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Generation>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.claim_where("claim", owner, ttl, limit, None).await
+    }
+
+    async fn claim_one(
+        &self,
+        id: GenerationId,
+        owner: &WorkerId,
+        ttl: Duration,
+    ) -> Result<Option<Generation>, StoreError> {
+        Ok(self.claim_where("claim_one", owner, ttl, 1, Some(id)).await?.pop())
+    }
+
+    async fn heartbeat(&self, owner: &WorkerId, ttl: Duration) -> Result<Vec<LeaseState>, StoreError> {
+        self.db()
+            .run("heartbeat", async |c| {
+                // One statement for every lease the owner holds. A lease never
+                // reaches past the deadline by more than one TTL, so a stuck
+                // worker cannot keep overdue work (and its holds) forever.
+                let rows = c
+                    .query(
+                        "UPDATE generations
+                            SET lease_expires_at = LEAST(now(), deadline_at) + make_interval(secs => $2)
+                          WHERE lease_owner = $1 AND status IN ('pending', 'processing')
+                      RETURNING id, attempt, cancel_requested",
+                        &[&owner.0, &secs(ttl)],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(LeaseState {
+                            generation_id: GenerationId(r.get(0)),
+                            attempt: u32::try_from(r.get::<_, i32>(1)).map_err(corrupt)?,
+                            cancel_requested: r.get(2),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let id = lease.generation_id;
+        self.db()
+            .run("release", async |c| {
+                let tx = c.transaction().await.map_err(map_err)?;
+                let (before, _) = fenced(&*tx, lease).await?;
+                let mut after = before.clone();
+                after.areas.iter_mut().for_each(Area::hand_back);
+                for (b, a) in before.areas.iter().zip(&after.areas) {
+                    if b != a {
+                        write_area(&*tx, id, a).await?;
+                    }
+                }
+                tx.execute(
+                    "UPDATE generations SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $1",
+                    &[&id.0],
+                )
+                .await
+                .map_err(map_err)?;
+                notify(&*tx, &Notification::Changed(id)).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn record_geocode(&self, lease: &Lease, geocoded: &Geocoded) -> Result<(), StoreError> {
+        let id = lease.generation_id;
+        self.db()
+            .run("record_geocode", async |c| {
+                let tx = c.transaction().await.map_err(map_err)?;
+                let _ = fenced(&*tx, lease).await?;
+                tx.execute(
+                    "UPDATE generations SET geocoded_address = $2, lat = $3, lng = $4 WHERE id = $1",
+                    &[&id.0, &geocoded.formatted_address, &geocoded.location.lat, &geocoded.location.lng],
+                )
+                .await
+                .map_err(map_err)?;
+                notify(&*tx, &Notification::Changed(id)).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn advance_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        stage: AreaStage,
+        progress: u8,
+    ) -> Result<(), StoreError> {
+        self.fenced_change("advance_area", lease, true, |g, _| {
+            area_of(g, area)?.advance(stage, progress).map_err(|_| StoreError::Finished)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn complete_area(&self, lease: &Lease, area: AreaKind, image_key: &str) -> Result<(), StoreError> {
+        self.fenced_change("complete_area", lease, true, |g, now| {
+            area_of(g, area)?.complete(image_key.to_owned(), now).map_err(|_| StoreError::Finished)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn end_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        status: AreaStatus,
+        failure: &Failure,
+    ) -> Result<(), StoreError> {
+        self.fenced_change("end_area", lease, true, |g, now| {
+            area_of(g, area)?.end(status, failure.clone(), now).map_err(|_| StoreError::Finished)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn finish(
+        &self,
+        lease: &Lease,
+        unfinished: AreaStatus,
+        failure: &Failure,
+    ) -> Result<Generation, StoreError> {
+        self.fenced_change("finish", lease, false, |g, now| {
+            g.end_unfinished(unfinished, failure, now);
+            if g.settle(now) {
+                Ok(())
+            } else {
+                Err(StoreError::Internal {
+                    detail: format!("cannot end unfinished areas as {}", unfinished.as_str()),
+                })
+            }
+        })
+        .await
+    }
+
+    async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let failure = Failure::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed");
+        let (ids, voided) = self
+            .db()
+            .run("end_overdue", async |c| {
+                let tx = c.transaction().await.map_err(map_err)?;
+                let rows = tx
+                    .query(
+                        "SELECT id FROM generations
+                          WHERE status IN ('pending', 'processing') AND deadline_at <= now()
+                            AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+                          ORDER BY deadline_at
+                          LIMIT $1
+                          FOR UPDATE SKIP LOCKED",
+                        &[&limit],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+                let mut overdue = load(&*tx, &ids, false).await?;
+                // Accounts in one order, so that sweepers never deadlock.
+                overdue.sort_by_key(|(g, _)| (g.user_id, g.id));
+                let now = now(&*tx).await?;
+                let mut voided = Vec::new();
+                let mut ended = Vec::new();
+                for (before, _) in overdue {
+                    let mut after = before.clone();
+                    after.end_unfinished(AreaStatus::Failed, &failure, now);
+                    after.settle(now);
+                    voided.extend(save(&*tx, &before, &after, false).await?);
+                    notify(&*tx, &Notification::Changed(after.id)).await?;
+                    ended.push(after.id);
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok::<_, StoreError>((ended, voided))
+            })
+            .await?;
+        self.report(&voided);
+        Ok(ids)
+    }
+
+    fn notifications(&self) -> BoxStream<'static, Notification> {
+        self.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db()
+            .run("ping", async |c| {
+                c.execute("SELECT 1", &[]).await.map_err(map_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn gauges(&self, lease_ttl: Duration) -> Result<StoreGauges, StoreError> {
+        self.db()
+            .run("gauges", async |c| {
+                let row = c
+                    .query_one(
+                        "SELECT (SELECT COALESCE(sum(held), 0)::bigint FROM accounts),
+                                (SELECT count(*) FROM generations
+                                  WHERE status = 'processing'
+                                    AND deadline_at + make_interval(secs => $1) < now())",
+                        &[&secs(lease_ttl)],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                Ok(StoreGauges {
+                    credits_held: u64::try_from(row.get::<_, i64>(0)).map_err(corrupt)?,
+                    stuck: u64::try_from(row.get::<_, i64>(1)).map_err(corrupt)?,
+                })
+            })
+            .await
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        Some(self.pool())
+    }
+}
