@@ -1,1 +1,195 @@
-//! placeholder
+//! Google over HTTP: the geocoding, imagery and design-model ports on Maps and
+//! Gemini, called with one shared `reqwest` client (no SDK).
+//!
+//! [`GoogleClient`] implements [`Geocoder`](terrace_ports::Geocoder),
+//! [`Imagery`](terrace_ports::Imagery) and
+//! [`DesignModel`](terrace_ports::DesignModel). Every call is ONE request and
+//! never retries: it classifies Google's answer into the domain's errors
+//! (see `docs/GOOGLE.md`) and the engine retries what is retryable.
+//!
+//! Bounds:
+//! - Maps: [`GoogleConfig::maps_timeout`] on the whole request, connect to
+//!   last body byte → `Timeout { kind: Request }`.
+//! - Gemini: [`GoogleConfig::llm_connect_timeout`] on the connect →
+//!   `Timeout { kind: Connect }`; [`GoogleConfig::llm_idle_timeout`] on the
+//!   silence before the response headers and between any two chunks of bytes
+//!   → `Timeout { kind: Idle }`. A large event that keeps arriving is progress.
+//!
+//! API keys are held in [`ApiKey`], whose `Debug` and `Display` print `***`;
+//! no error, log line or metric label carries a key or a request URL.
+
+mod error;
+mod gemini;
+mod maps;
+
+pub use error::ConfigError;
+
+use std::sync::Arc;
+use std::time::Duration;
+use terrace_domain::{TimeoutKind, UpstreamError};
+use terrace_ports::{Observer, Upstream, UpstreamOutcome};
+
+/// An API key. Printing it shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where Google is and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    /// `https://maps.googleapis.com` (or a simulator's base URL).
+    pub maps_base_url: String,
+    /// `https://generativelanguage.googleapis.com` (or a simulator's base URL).
+    pub gemini_base_url: String,
+    /// e.g. `gemini-2.5-flash-image`.
+    pub gemini_model: String,
+    pub maps_api_key: ApiKey,
+    pub gemini_api_key: ApiKey,
+    /// One whole Maps request.
+    pub maps_timeout: Duration,
+    /// Establishing a connection (Gemini's bound; Maps' is inside its
+    /// whole-request timeout).
+    pub llm_connect_timeout: Duration,
+    /// Longest silence on the Gemini stream: before the headers or between bytes.
+    pub llm_idle_timeout: Duration,
+}
+
+/// The Google adapters. Cheap to clone; every clone shares one HTTP client
+/// (one connection pool), built in [`GoogleClient::new`].
+#[derive(Debug, Clone)]
+pub struct GoogleClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    observer: Arc<dyn Observer>,
+    maps_key: ApiKey,
+    gemini_key: ApiKey,
+    maps_timeout: Duration,
+    idle_timeout: Duration,
+    geocode_url: reqwest::Url,
+    metadata_url: reqwest::Url,
+    street_view_url: reqwest::Url,
+    static_map_url: reqwest::Url,
+    gemini_url: reqwest::Url,
+}
+
+fn join(base: &str, path: &str, which: &'static str) -> Result<reqwest::Url, ConfigError> {
+    let url = reqwest::Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
+        .map_err(|_| ConfigError::InvalidBaseUrl { which })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::InvalidBaseUrl { which });
+    }
+    Ok(url)
+}
+
+impl GoogleClient {
+    /// Checks the configuration and builds the one HTTP client.
+    pub fn new(config: GoogleConfig, observer: Arc<dyn Observer>) -> Result<Self, ConfigError> {
+        for (which, d) in [
+            ("maps_timeout", config.maps_timeout),
+            ("llm_connect_timeout", config.llm_connect_timeout),
+            ("llm_idle_timeout", config.llm_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroTimeout { which });
+            }
+        }
+        for (which, key) in
+            [("maps_api_key", &config.maps_api_key), ("gemini_api_key", &config.gemini_api_key)]
+        {
+            if key.0.trim().is_empty() {
+                return Err(ConfigError::EmptyKey { which });
+            }
+        }
+        let model = config.gemini_model.trim();
+        if model.is_empty() || !model.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+            return Err(ConfigError::InvalidModel);
+        }
+        let maps = config.maps_base_url.as_str();
+        let gemini_url = join(
+            &config.gemini_base_url,
+            &format!("/v1beta/models/{model}:streamGenerateContent?alt=sse"),
+            "gemini_base_url",
+        )?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.llm_connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .user_agent(concat!("terrace/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError::Client(error::describe(e)))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                observer,
+                geocode_url: join(maps, "/maps/api/geocode/json", "maps_base_url")?,
+                metadata_url: join(maps, "/maps/api/streetview/metadata", "maps_base_url")?,
+                street_view_url: join(maps, "/maps/api/streetview", "maps_base_url")?,
+                static_map_url: join(maps, "/maps/api/staticmap", "maps_base_url")?,
+                gemini_url,
+                maps_key: config.maps_api_key,
+                gemini_key: config.gemini_api_key,
+                maps_timeout: config.maps_timeout,
+                idle_timeout: config.llm_idle_timeout,
+            }),
+        })
+    }
+}
+
+/// The metrics outcome of an upstream error.
+fn outcome_of(e: &UpstreamError) -> UpstreamOutcome {
+    match e {
+        UpstreamError::Timeout { .. } => UpstreamOutcome::Timeout,
+        UpstreamError::Unavailable { .. } => UpstreamOutcome::Unavailable,
+        UpstreamError::Rejected { .. } => UpstreamOutcome::Rejected,
+    }
+}
+
+impl Inner {
+    /// Reports one finished request to the observer (and its timeout, if any).
+    fn report(
+        &self,
+        upstream: Upstream,
+        outcome: UpstreamOutcome,
+        timeout: Option<TimeoutKind>,
+        elapsed: Duration,
+    ) {
+        if let Some(kind) = timeout {
+            self.observer.upstream_timeout(upstream, kind);
+        }
+        self.observer.upstream_request(upstream, outcome, elapsed);
+        tracing::debug!(
+            upstream = upstream.as_str(),
+            outcome = outcome.as_str(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "google request ended"
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! Gemini: `streamGenerateContent?alt=sse`, read as a stream of
+//! [`DesignEvent`]s with the silence limit measured on bytes received.
+
+use crate::error::{ErrorBody, GoogleError, clean, http_status, retry_after_header, transport};
+use crate::{GoogleClient, Inner, outcome_of};
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures::stream::{BoxStream, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use terrace_domain::{DesignError, TimeoutKind, UpstreamError};
+use terrace_ports::{
+    DesignEvent, DesignModel, DesignRequest, DesignStream, Image, Upstream, UpstreamOutcome,
+};
+use tokio::time::{Instant, Sleep};
+
+/// Finish reasons that mean the model refused (CONTRACT §3).
+const BLOCKING_FINISH_REASONS: &[&str] = &[
+    "SAFETY",
+    "IMAGE_SAFETY",
+    "PROHIBITED_CONTENT",
+    "IMAGE_PROHIBITED_CONTENT",
+    "BLOCKLIST",
+    "RECITATION",
+    "IMAGE_RECITATION",
+    "SPII",
+];
+/// A `Progress` event at most once per this many bytes…
+const PROGRESS_BYTES: usize = 64 * 1024;
+/// …or once per this long, whichever comes first, while bytes keep arriving.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest stream read (a few base64 images are far below).
+const MAX_STREAM_BYTES: usize = 64 * 1024 * 1024;
+/// Largest error body read.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+fn request_body(request: &DesignRequest) -> Vec<u8> {
+    let data = base64::engine::general_purpose::STANDARD.encode(&request.source.bytes);
+    let body = json!({
+        "contents": [{
+            "role": "user",
+            "parts": [
+                {"text": request.prompt},
+                {"inlineData": {"mimeType": request.source.content_type, "data": data}},
+            ],
+        }],
+        "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+#[async_trait]
+impl DesignModel for GoogleClient {
+    async fn generate(&self, request: DesignRequest) -> Result<DesignStream, DesignError> {
+        let inner = Arc::clone(&self.inner);
+        let start = Instant::now();
+        match inner.open(&request).await {
+            Ok(resp) => Ok(GeminiStream::new(resp, inner, start).boxed()),
+            Err(e) => {
+                let timeout = match &e {
+                    UpstreamError::Timeout { kind } => Some(*kind),
+                    _ => None,
+                };
+                inner.report(Upstream::Gemini, outcome_of(&e), timeout, start.elapsed());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Sends the request and waits for successful response headers, within
+    /// the connect timeout and the silence limit.
+    async fn open(&self, request: &DesignRequest) -> Result<reqwest::Response, UpstreamError> {
+        let send = self
+            .http
+            .post(self.gemini_url.clone())
+            .header("x-goog-api-key", self.gemini_key.expose())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(request_body(request))
+            .send();
+        let idle = UpstreamError::Timeout { kind: TimeoutKind::Idle };
+        let resp = tokio::time::timeout(self.idle_timeout, send)
+            .await
+            .map_err(|_| idle.clone())?
+            .map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        // Read Google's error body (bounded in size and silence) to learn
+        // its reason and `RetryInfo.retryDelay`.
+        let retry_header = retry_after_header(resp.headers());
+        let key = self.gemini_key.expose();
+        let body = tokio::time::timeout(self.idle_timeout, read_capped(resp, MAX_ERROR_BYTES)).await;
+        let parsed = match body {
+            Ok(Some(b)) => serde_json::from_slice::<ErrorBody>(&b).ok(),
+            _ => None,
+        };
+        Err(match parsed {
+            Some(b) => b.error.classify(Some(status), key, retry_header),
+            None => http_status(status, retry_header, format!("HTTP {status}")),
+        })
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Option<Bytes> {
+    let mut body = BytesMut::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        if body.len() + chunk.len() > cap {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body.freeze())
+}
+
+/// Why the byte stream under the SSE parser stopped.
+#[derive(Debug)]
+enum ByteError {
+    /// No byte arrived within the silence limit.
+    Idle,
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// The response bytes, failing with [`ByteError::Idle`] when none arrive
+/// within `idle` (the timer restarts on every chunk), and counting them.
+struct IdleBytes {
+    inner: BoxStream<'static, reqwest::Result<Bytes>>,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    received: Arc<AtomicUsize>,
+}
+
+impl Stream for IdleBytes {
+    type Item = Result<Bytes, ByteError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let total = this.received.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
+                if total > MAX_STREAM_BYTES {
+                    return Poll::Ready(Some(Err(ByteError::TooLarge)));
+                }
+                this.timer.as_mut().reset(Instant::now() + this.idle);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ByteError::Transport(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(ByteError::Idle))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Chunk {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    prompt_feedback: Option<PromptFeedback>,
+    error: Option<GoogleError>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    content: Option<Content>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Part {
+    text: Option<String>,
+    inline_data: Option<InlineData>,
+    #[serde(default)]
+    thought: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InlineData {
+    mime_type: String,
+    data: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    block_reason: Option<String>,
+}
+
+type Events = BoxStream<'static, Result<Event, EventStreamError<ByteError>>>;
+
+/// The design stream: SSE events turned into [`DesignEvent`]s, plus
+/// `Progress` while a large event is still arriving. Ends after the first
+/// error. Dropping it drops the response body, which closes the connection.
+struct GeminiStream {
+    events: Option<Events>,
+    received: Arc<AtomicUsize>,
+    /// Bytes accounted for by a completed event or a `Progress` already sent.
+    reported: usize,
+    last_progress: Instant,
+    pending: VecDeque<Result<DesignEvent, DesignError>>,
+    saw_image: bool,
+    inner: Arc<Inner>,
+    start: Instant,
+    /// The request's outcome was reported to the observer.
+    observed: bool,
+}
+
+impl GeminiStream {
+    fn new(resp: reqwest::Response, inner: Arc<Inner>, start: Instant) -> Self {
+        let received = Arc::new(AtomicUsize::new(0));
+        let idle = inner.idle_timeout;
+        let bytes = IdleBytes {
+            inner: resp.bytes_stream().boxed(),
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            received: Arc::clone(&received),
+        };
+        Self {
+            events: Some(bytes.eventsource().boxed()),
+            received,
+            reported: 0,
+            last_progress: Instant::now(),
+            pending: VecDeque::new(),
+            saw_image: false,
+            inner,
+            start,
+            observed: false,
+        }
+    }
+
+    fn observe(&mut self, outcome: UpstreamOutcome, timeout: Option<TimeoutKind>) {
+        if !self.observed {
+            self.observed = true;
+            self.inner.report(Upstream::Gemini, outcome, timeout, self.start.elapsed());
+        }
+    }
+
+    /// Ends the stream with `e`: the connection is dropped at once.
+    fn fail(&mut self, e: DesignError) {
+        self.events = None;
+        let (outcome, timeout) = match &e {
+            DesignError::Upstream(UpstreamError::Timeout { kind }) => (UpstreamOutcome::Timeout, Some(*kind)),
+            DesignError::Upstream(u) => (outcome_of(u), None),
+            DesignError::Blocked { .. } | DesignError::NoImage => (UpstreamOutcome::Rejected, None),
+        };
+        self.observe(outcome, timeout);
+        self.pending.push_back(Err(e));
+    }
+
+    fn on_event(&mut self, event: Event) {
+        if event.data.trim().is_empty() {
+            return;
+        }
+        let key = self.inner.gemini_key.expose();
+        let chunk: Chunk = match serde_json::from_str(&event.data) {
+            Ok(c) => c,
+            Err(e) => {
+                return self.fail(UpstreamError::rejected(format!("Gemini sent malformed JSON: {e}")).into());
+            }
+        };
+        if let Some(error) = chunk.error {
+            let e = error.classify(None, key, None);
+            return self.fail(e.into());
+        }
+        if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
+            return self.fail(DesignError::Blocked { reason: clean(&reason, key) });
+        }
+        let mut out = Vec::new();
+        for candidate in chunk.candidates.into_iter().take(1) {
+            if let Some(reason) = candidate.finish_reason.as_deref()
+                && BLOCKING_FINISH_REASONS.contains(&reason)
+            {
+                return self.fail(DesignError::Blocked { reason: reason.to_owned() });
+            }
+            for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+                if part.thought {
+                    continue;
+                }
+                if let Some(text) = part.text.filter(|t| !t.is_empty()) {
+                    out.push(DesignEvent::Text(text));
+                }
+                if let Some(data) = part.inline_data {
+                    match base64::engine::general_purpose::STANDARD.decode(data.data.as_bytes()) {
+                        Ok(bytes) => {
+                            self.saw_image = true;
+                            out.push(DesignEvent::Image(Image {
+                                bytes: Bytes::from(bytes),
+                                content_type: clean(&data.mime_type, key),
+                            }));
+                        }
+                        Err(_) => {
+                            return self.fail(
+                                UpstreamError::rejected("Gemini sent invalid base64 image data").into(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.extend(out.into_iter().map(Ok));
+    }
+}
+
+impl Stream for GeminiStream {
+    type Item = Result<DesignEvent, DesignError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.pending.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            let Some(events) = this.events.as_mut() else { return Poll::Ready(None) };
+            match events.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(event))) => {
+                    this.reported = this.received.load(Ordering::Relaxed);
+                    this.on_event(event);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let e = match e {
+                        EventStreamError::Transport(ByteError::Idle) => {
+                            UpstreamError::Timeout { kind: TimeoutKind::Idle }
+                        }
+                        EventStreamError::Transport(ByteError::TooLarge) => UpstreamError::rejected(format!(
+                            "the stream is larger than {MAX_STREAM_BYTES} bytes"
+                        )),
+                        EventStreamError::Transport(ByteError::Transport(e)) => transport(e),
+                        EventStreamError::Utf8(_) => UpstreamError::rejected("Gemini sent invalid UTF-8"),
+                        EventStreamError::Parser(_) => {
+                            UpstreamError::rejected("Gemini sent a malformed event stream")
+                        }
+                    };
+                    this.fail(e.into());
+                }
+                Poll::Ready(None) => {
+                    this.events = None;
+                    let outcome =
+                        if this.saw_image { UpstreamOutcome::Ok } else { UpstreamOutcome::Rejected };
+                    this.observe(outcome, None);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    let received = this.received.load(Ordering::Relaxed);
+                    let fresh = received.saturating_sub(this.reported);
+                    if fresh > 0
+                        && (fresh >= PROGRESS_BYTES || this.last_progress.elapsed() >= PROGRESS_INTERVAL)
+                    {
+                        this.reported = received;
+                        this.last_progress = Instant::now();
+                        return Poll::Ready(Some(Ok(DesignEvent::Progress { received_bytes: received })));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for GeminiStream {
+    fn drop(&mut self) {
+        // Dropped by the caller before the end: the upstream did nothing wrong.
+        self.observe(UpstreamOutcome::Ok, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_body_has_google_shape() {
+        let req = DesignRequest {
+            prompt: "a zen garden".into(),
+            source: Image { bytes: Bytes::from_static(b"png"), content_type: "image/png".into() },
+        };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).expect("json");
+        assert_eq!(v["contents"][0]["parts"][0]["text"], "a zen garden");
+        assert_eq!(v["contents"][0]["parts"][1]["inlineData"]["mimeType"], "image/png");
+        assert_eq!(v["contents"][0]["parts"][1]["inlineData"]["data"], "cG5n");
+        assert_eq!(v["generationConfig"]["responseModalities"], json!(["TEXT", "IMAGE"]));
+    }
+}
