@@ -1,7 +1,8 @@
 //! `cargo xtask <task>`: the project's one entry point for checks.
 //!
 //! - `test [ARGS…]`: starts a throwaway Postgres, then runs every test with
-//!   cargo-nextest (ARGS are passed on), then stops Postgres.
+//!   cargo-nextest (ARGS are passed on: `-p CRATE` narrows the run), then
+//!   stops Postgres.
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`:
 //!   exactly what CI runs.
 //! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
@@ -54,7 +55,11 @@ fn workspace_root() -> std::path::PathBuf {
 fn test(extra: &[String]) -> Result<()> {
     let pg = postgres::TestPostgres::start()?;
     let profile = if std::env::var_os("CI").is_some() { "ci" } else { "default" };
-    let mut args = vec!["nextest", "run", "--workspace", "--locked", "--no-fail-fast", "--profile", profile];
+    let mut args = vec!["nextest", "run", "--locked", "--no-fail-fast", "--profile", profile];
+    // The whole workspace unless packages were named.
+    if !extra.iter().any(|a| a == "-p" || a.starts_with("--package")) {
+        args.push("--workspace");
+    }
     args.extend(extra.iter().map(String::as_str));
     let status = Command::new("cargo")
         .args(&args)
