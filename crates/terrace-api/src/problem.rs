@@ -1,0 +1,213 @@
+//! Errors on the wire: `application/problem+json` (RFC 9457) with the
+//! contract's fields `type`, `title`, `status`, `detail`, `code`,
+//! `request_id`, and `errors` for validation.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+use terrace_domain::{BlobError, CreateError, InvalidInput, LedgerError, StoreError};
+
+tokio::task_local! {
+    /// The request id of the request being answered; set by the edge so that
+    /// every problem names it.
+    pub(crate) static REQUEST_ID: String;
+}
+
+/// The request id of the request this task answers, if any.
+pub(crate) fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// One field a request got wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl From<InvalidInput> for FieldError {
+    fn from(e: InvalidInput) -> Self {
+        Self { field: e.field, message: e.message }
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub errors: Option<Vec<FieldError>>,
+    pub retry_after: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+    request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into(), errors: None, retry_after: None }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 400 `validation_failed`, naming every bad field.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        Self { errors: Some(errors), ..Self::new(StatusCode::BAD_REQUEST, "validation_failed", detail) }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "this route is for administrators")
+    }
+
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an internal error occurred")
+    }
+
+    pub fn timeout() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request did not finish in time")
+            .retry_after(1)
+    }
+
+    pub fn overloaded() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly")
+            .retry_after(1)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the request body must be application/json",
+        )
+    }
+
+    /// The answer to a store failure outside the create path.
+    pub fn from_store(e: &StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::not_found(),
+            StoreError::Busy => Self::account_busy(),
+            StoreError::Timeout { .. } => {
+                tracing::warn!(error = %e, "store timed out");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_timeout",
+                    "the database did not answer in time",
+                )
+                .retry_after(1)
+            }
+            StoreError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "store unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the database is unavailable")
+                    .retry_after(1)
+            }
+            StoreError::LeaseLost | StoreError::Finished | StoreError::Internal { .. } => {
+                tracing::error!(error = %e, "store failure");
+                Self::internal()
+            }
+        }
+    }
+
+    pub fn from_ledger(e: &LedgerError) -> Self {
+        match e {
+            LedgerError::AccountBusy => Self::account_busy(),
+            LedgerError::Store(e) => Self::from_store(e),
+        }
+    }
+
+    pub fn from_create(e: &CreateError) -> Self {
+        match e {
+            CreateError::InsufficientCredits { needed, available } => Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_credits",
+                format!("{needed} credits needed, {available} available"),
+            ),
+            CreateError::AccountBusy => Self::account_busy(),
+            CreateError::IdempotencyKeyReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+            ),
+            CreateError::Store(e) => Self::from_store(e),
+        }
+    }
+
+    pub fn from_blob(e: &BlobError) -> Self {
+        match e {
+            BlobError::NotFound => Self::not_found(),
+            BlobError::Timeout | BlobError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "blob store failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "blob_store_unavailable",
+                    "the image store did not answer",
+                )
+                .retry_after(1)
+            }
+            BlobError::Internal { .. } => {
+                tracing::error!(error = %e, "blob store failure");
+                Self::internal()
+            }
+        }
+    }
+
+    pub fn account_busy() -> Self {
+        Self::new(StatusCode::CONFLICT, "account_busy", "the account is busy with another request; retry")
+            .retry_after(1)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = Body {
+            kind: format!("/problems/{}", self.code),
+            title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+            request_id: current_request_id(),
+            errors: self.errors.as_deref(),
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut res = (self.status, json).into_response();
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(s) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res
+    }
+}

@@ -1,0 +1,516 @@
+//! The handlers of CONTRACT §4.
+
+use crate::auth::Caller;
+use crate::problem::{FieldError, Problem, current_request_id};
+use crate::views::{AccountView, GenerationView, PageView, TransactionView, generation_path};
+use crate::{AppState, events};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use terrace_domain::input::RawGenerationRequest;
+use terrace_domain::{
+    AreaKind, AreaStatus, CreditReference, Generation, GenerationId, GenerationRequest, GenerationStatus,
+    GrantAmount, IdempotencyKey, RequestId, UserId,
+};
+use terrace_ports::{
+    CancelOutcome, CreateOutcome, IdempotencyClaim, ListQuery, NewGeneration, SourceKind, StoredResponse,
+    blob_key,
+};
+
+/// A JSON answer.
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    json_response(status, serde_json::to_string(value).expect("views always serialize"))
+}
+
+impl AppState {
+    /// Runs a store call under the store timeout.
+    async fn bounded<T, E>(
+        &self,
+        fut: impl Future<Output = Result<T, E>>,
+        map: impl FnOnce(&E) -> Problem,
+    ) -> Result<T, Problem> {
+        match tokio::time::timeout(self.0.cfg.store_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map(&e)),
+            Err(_) => {
+                tracing::warn!("store call exceeded its timeout");
+                Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_timeout",
+                    "the database did not answer in time",
+                )
+                .retry_after(1))
+            }
+        }
+    }
+
+    /// The generation, if `caller` may see it; 404 otherwise.
+    async fn visible(&self, caller: Caller, id: &str) -> Result<Generation, Problem> {
+        let id: GenerationId = id.parse().map_err(|_| Problem::not_found())?;
+        let g = self.bounded(self.0.store.get(id), Problem::from_store).await?;
+        g.filter(|g| caller.admin || g.user_id == caller.user).ok_or_else(Problem::not_found)
+    }
+}
+
+/// An authenticated caller whose account is open.
+#[derive(Debug, Clone, Copy)]
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let header = parts.headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+        let caller = state.0.jwt.authenticate(header)?;
+        if !state.0.accounts.is_known(caller.user) {
+            state
+                .bounded(
+                    state.0.ledger.open_account(caller.user, state.0.cfg.trial_credits),
+                    Problem::from_ledger,
+                )
+                .await?;
+            state.0.accounts.remember(caller.user);
+        }
+        Ok(Self(caller))
+    }
+}
+
+/// An authenticated administrator (403 for other callers).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let Authed(caller) = Authed::from_request_parts(parts, state).await?;
+        if caller.admin { Ok(Self(caller)) } else { Err(Problem::forbidden()) }
+    }
+}
+
+// ---- operations ----
+
+pub async fn livez() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#.into())
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    if s.0.shutdown.is_cancelled() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into());
+    }
+    match tokio::time::timeout(s.0.cfg.ready_timeout, s.0.store.ping()).await {
+        Ok(Ok(())) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the store failed");
+            json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"unavailable"}"#.into())
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the store did not answer within the acquire timeout");
+            json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"unavailable"}"#.into())
+        }
+    }
+}
+
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    let gauges = tokio::time::timeout(s.0.cfg.ready_timeout, s.0.store.gauges(s.0.cfg.lease_ttl))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let pool = s.0.store.pool_status();
+    let active = Some(s.0.work.as_ref().map_or(0, |w| w.active()));
+    s.0.metrics.set_state(active, gauges, pool);
+    let mut res = s.0.metrics.encode().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    res
+}
+
+// ---- request bodies ----
+
+fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ok =
+        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if ok { Ok(()) } else { Err(Problem::unsupported_media_type()) }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            Problem::payload_too_large(limit)
+        } else {
+            Problem::new(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read")
+        }
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
+        Problem::validation(vec![FieldError { field, message: e.into_inner().to_string() }])
+    })
+}
+
+async fn json_body<T: DeserializeOwned>(s: &AppState, headers: &HeaderMap, body: Body) -> Result<T, Problem> {
+    require_json(headers)?;
+    let bytes = read_body(body, s.0.cfg.body_limit).await?;
+    parse_json(&bytes)
+}
+
+fn query_pairs(raw: Option<String>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+fn query_limit(pairs: &[(String, String)], max: usize, errors: &mut Vec<FieldError>) -> usize {
+    match pairs.iter().rev().find(|(k, _)| k == "limit") {
+        None => 20.min(max),
+        Some((_, v)) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                errors.push(FieldError {
+                    field: "limit".into(),
+                    message: format!("must be an integer from 1 to {max}"),
+                });
+                1
+            }
+        },
+    }
+}
+
+fn query_cursor(pairs: &[(String, String)], errors: &mut Vec<FieldError>) -> Option<String> {
+    let c = pairs.iter().rev().find(|(k, _)| k == "cursor").map(|(_, v)| v.clone())?;
+    if c.is_empty() || c.len() > 200 {
+        errors.push(FieldError { field: "cursor".into(), message: "is not a cursor this API gave".into() });
+        return None;
+    }
+    Some(c)
+}
+
+fn invalid_cursor() -> Problem {
+    Problem::validation(vec![FieldError {
+        field: "cursor".into(),
+        message: "is not a cursor this API gave".into(),
+    }])
+}
+
+// ---- account ----
+
+pub async fn account(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
+    let a = s.bounded(s.0.ledger.open_account(c.user, s.0.cfg.trial_credits), Problem::from_ledger).await?;
+    Ok(json(StatusCode::OK, &AccountView::of(&a)))
+}
+
+pub async fn transactions(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(q): RawQuery,
+) -> Result<Response, Problem> {
+    let pairs = query_pairs(q);
+    let mut errors = Vec::new();
+    let limit = query_limit(&pairs, 100, &mut errors);
+    let cursor = query_cursor(&pairs, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let had_cursor = cursor.is_some();
+    let page = s
+        .bounded(s.0.ledger.transactions(c.user, limit, cursor), |e| match e {
+            terrace_domain::LedgerError::Store(terrace_domain::StoreError::Internal { .. }) if had_cursor => {
+                invalid_cursor()
+            }
+            e => Problem::from_ledger(e),
+        })
+        .await?;
+    let view = PageView {
+        items: page.items.iter().map(TransactionView::of).collect(),
+        next_cursor: page.next_cursor,
+    };
+    Ok(json(StatusCode::OK, &view))
+}
+
+// ---- generations ----
+
+fn request_hash(req: &GenerationRequest) -> String {
+    let canonical = serde_json::to_vec(req).expect("a parsed request always serializes");
+    Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let parsed = v.to_str().ok().map(IdempotencyKey::parse);
+    match parsed {
+        Some(Ok(k)) => Ok(Some(k)),
+        Some(Err(e)) => Err(Problem::validation(vec![e.into()])),
+        None => Err(Problem::validation(vec![FieldError {
+            field: "Idempotency-Key".into(),
+            message: "must be 1 to 255 visible ASCII characters".into(),
+        }])),
+    }
+}
+
+fn created(status: u16, body: String, g: &Generation) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+    let mut res = json_response(status, body);
+    if let Ok(v) = HeaderValue::from_str(&generation_path(g)) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let raw: RawGenerationRequest = json_body(&s, &headers, body).await?;
+    let key = idempotency_key(&headers);
+    let parsed = GenerationRequest::parse(&raw);
+    let (request, key) = match (parsed, key) {
+        (Ok(r), Ok(k)) => (r, k),
+        (parsed, key) => {
+            let mut errors: Vec<FieldError> =
+                parsed.err().unwrap_or_default().into_iter().map(Into::into).collect();
+            if let Err(p) = key {
+                errors.extend(p.errors.unwrap_or_default());
+            }
+            return Err(Problem::validation(errors));
+        }
+    };
+    let request_id =
+        current_request_id().and_then(|r| RequestId::parse(&r)).unwrap_or_else(RequestId::generate);
+    let claim = key.clone().map(|key| IdempotencyClaim { key, request_hash: request_hash(&request) });
+    let new = NewGeneration {
+        id: GenerationId::new_random(),
+        user_id: c.user,
+        request_id,
+        request,
+        deadline: s.0.cfg.generation_timeout,
+        trial_credits: s.0.cfg.trial_credits,
+    };
+    let outcome = s.bounded(s.0.store.create(new, claim), Problem::from_create).await?;
+    match outcome {
+        CreateOutcome::Created(g) => {
+            let body = GenerationView::json(&g);
+            tracing::info!(generation_id = %g.id, areas = g.areas.len(), "generation created");
+            if let Some(w) = &s.0.work {
+                w.wake();
+            }
+            if let Some(key) = &key {
+                let saved = StoredResponse { status: 202, body: body.clone() };
+                if let Err(p) =
+                    s.bounded(s.0.store.save_response(c.user, key, saved), Problem::from_store).await
+                {
+                    tracing::warn!(
+                        code = p.code,
+                        "could not save the idempotent answer; replays will rebuild it"
+                    );
+                }
+            }
+            Ok(created(202, body, &g))
+        }
+        CreateOutcome::Replayed { generation, response } => {
+            tracing::info!(generation_id = %generation.id, "idempotent replay");
+            Ok(match response {
+                Some(r) => created(r.status, r.body, &generation),
+                None => created(202, GenerationView::json(&generation), &generation),
+            })
+        }
+    }
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(q): RawQuery,
+) -> Result<Response, Problem> {
+    let pairs = query_pairs(q);
+    let mut errors = Vec::new();
+    let limit = query_limit(&pairs, 50, &mut errors);
+    let cursor = query_cursor(&pairs, &mut errors);
+    let status = match pairs.iter().rev().find(|(k, _)| k == "status") {
+        None => None,
+        Some((_, v)) => match GenerationStatus::parse(v) {
+            Some(st) => Some(st),
+            None => {
+                let all: Vec<_> = GenerationStatus::ALL.iter().map(|x| x.as_str()).collect();
+                errors.push(FieldError {
+                    field: "status".into(),
+                    message: format!("must be one of: {}", all.join(", ")),
+                });
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let had_cursor = cursor.is_some();
+    let page = s
+        .bounded(s.0.store.list(c.user, ListQuery { limit, cursor, status }), |e| match e {
+            terrace_domain::StoreError::Internal { .. } if had_cursor => invalid_cursor(),
+            e => Problem::from_store(e),
+        })
+        .await?;
+    let view = PageView {
+        items: page.items.iter().map(GenerationView::of).collect(),
+        next_cursor: page.next_cursor,
+    };
+    Ok(json(StatusCode::OK, &view))
+}
+
+pub async fn get_one(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let g = s.visible(c, &id).await?;
+    Ok(json(StatusCode::OK, &GenerationView::of(&g)))
+}
+
+pub async fn cancel(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let g = s.visible(c, &id).await?;
+    match s.bounded(s.0.store.cancel(g.id), Problem::from_store).await? {
+        CancelOutcome::Cancelled(g) => {
+            tracing::info!(generation_id = %g.id, status = g.status.as_str(), "generation cancelled");
+            Ok(json(StatusCode::ACCEPTED, &GenerationView::of(&g)))
+        }
+        CancelOutcome::AlreadyTerminal(g) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "already_terminal",
+            format!("the generation is already {}", g.status.as_str()),
+        )),
+    }
+}
+
+pub async fn events(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let permit = s.0.streams.clone().try_acquire_owned().map_err(|_| Problem::overloaded())?;
+    let g = s.visible(c, &id).await?;
+    let body = Body::from_stream(events::stream(s.clone(), g, permit));
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
+}
+
+fn image_response(image: terrace_ports::Image) -> Response {
+    let mut res = Response::new(Body::from(image.bytes));
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&image.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
+    res
+}
+
+pub async fn area_image(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path((id, area)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let g = s.visible(c, &id).await?;
+    let kind = AreaKind::parse(&area).map_err(|_| Problem::not_found())?;
+    let a = g.area(kind).ok_or_else(Problem::not_found)?;
+    if a.status != AreaStatus::Completed {
+        return Err(Problem::new(StatusCode::NOT_FOUND, "not_found", "this area has no image yet"));
+    }
+    let key = a.image_key.clone().unwrap_or_else(|| blob_key::design(g.id, kind));
+    let image = s.bounded(s.0.blobs.get(&key), Problem::from_blob).await?;
+    Ok(image_response(image))
+}
+
+pub async fn source_image(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path((id, source)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let g = s.visible(c, &id).await?;
+    let kind = SourceKind::parse(&source).ok_or_else(Problem::not_found)?;
+    let image = s.bounded(s.0.blobs.get(&blob_key::source(g.id, kind)), Problem::from_blob).await?;
+    Ok(image_response(image))
+}
+
+// ---- admin ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    user_id: String,
+    amount: i64,
+    reference: String,
+}
+
+pub async fn grant(
+    State(s): State<AppState>,
+    Admin(admin): Admin,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let raw: RawGrant = json_body(&s, &headers, body).await?;
+    let mut errors = Vec::new();
+    let user = raw
+        .user_id
+        .parse::<UserId>()
+        .map_err(|_| errors.push(FieldError { field: "user_id".into(), message: "must be a UUID".into() }))
+        .ok();
+    let amount = GrantAmount::parse(raw.amount).map_err(|e| errors.push(e.into())).ok();
+    let reference = CreditReference::parse(&raw.reference).map_err(|e| errors.push(e.into())).ok();
+    let (Some(user), Some(amount), Some(reference)) = (user, amount, reference) else {
+        return Err(Problem::validation(errors));
+    };
+    let g = s
+        .bounded(s.0.ledger.grant(user, amount, &reference, s.0.cfg.trial_credits), Problem::from_ledger)
+        .await?;
+    tracing::info!(%user, admin = %admin.user, amount = amount.get(), applied = g.applied, "credits granted");
+    let status = if g.applied { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json(status, &AccountView::of(&g.account)))
+}
+
+pub async fn tasks(State(s): State<AppState>, Admin(_): Admin) -> Response {
+    let tasks = s.0.work.as_ref().map(|w| w.tasks()).unwrap_or_default();
+    json(StatusCode::OK, &tasks)
+}
+
+// ---- fallbacks ----
+
+pub async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not answer that method",
+    )
+}

@@ -1,0 +1,7 @@
+//! The API in-process on a real socket, over the in-memory store (wrapped so
+//! a test can stall it).
+
+mod edge;
+mod events;
+mod ops;
+mod support;
