@@ -123,7 +123,7 @@ impl State {
                 self.done = true;
                 return Some(Err(WatchError::MaxDuration(self.options.max_duration)));
             }
-            let got = if self.streaming { self.from_stream().await } else { self.poll().await };
+            let got = if self.streaming { self.next_streamed().await } else { self.poll().await };
             match got {
                 Ok(Some(g)) => {
                     self.failures = 0;
@@ -165,7 +165,7 @@ impl State {
 
     /// The next snapshot from the event stream; `Ok(None)` when the stream
     /// went silent or ended, which switches to polling.
-    async fn from_stream(&mut self) -> Result<Option<Generation>, ClientError> {
+    async fn next_streamed(&mut self) -> Result<Option<Generation>, ClientError> {
         if self.events.is_none() {
             let resp = timeout_at(self.deadline, self.client.open_events(self.id))
                 .await
