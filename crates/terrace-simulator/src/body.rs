@@ -102,6 +102,10 @@ impl Body for SimBody {
     type Data = Bytes;
     type Error = Aborted;
 
+    fn is_end_stream(&self) -> bool {
+        self.steps.is_empty()
+    }
+
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -124,6 +128,12 @@ impl Body for SimBody {
                 Some(Step::Send(data)) => {
                     let data = std::mem::take(data);
                     this.steps.pop_front();
+                    if this.steps.is_empty() {
+                        // hyper may not poll again once a sized body is written.
+                        if let Some(mut g) = this.guard.take() {
+                            g.finish(RequestEnd::Completed);
+                        }
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Step::Pause(d)) => {

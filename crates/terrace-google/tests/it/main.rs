@@ -1,1 +1,6 @@
-//! tests
+//! The Google adapters against the simulator over real loopback HTTP. No
+//! paused time: every deadline is short and really waited for.
+
+mod gemini;
+mod maps;
+mod support;
