@@ -1,0 +1,353 @@
+//! Configuration from the environment (CONTRACT §2). Every bad value is a
+//! [`ConfigError`] naming its variable; `main` prints it on one line and
+//! exits 2 before any port is bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use terrace_domain::{DbPolicy, LeasePolicy, LockPolicy, Policies, RetryPolicy};
+
+/// A bad configuration value: the variable and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.var, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { var, message: message.into() }
+}
+
+/// What the process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+    All,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::Api | Role::All)
+    }
+    pub fn runs_work(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Worker => "worker",
+            Role::All => "all",
+        }
+    }
+}
+
+/// Where Google is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Google {
+    /// Both keys unset: the simulator runs in-process.
+    Simulator,
+    Real {
+        maps_key: String,
+        gemini_key: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The service's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub role: Role,
+    pub database_url: Option<String>,
+    pub blob_url: String,
+    pub google: Google,
+    pub maps_base_url: String,
+    pub gemini_base_url: String,
+    pub gemini_model: String,
+    /// `None` only in dev mode: a random one is made.
+    pub jwt_secret: Option<String>,
+    pub trial_credits: u64,
+    pub policies: Policies,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_requests: usize,
+    pub max_event_streams: usize,
+    pub event_keepalive: Duration,
+    pub worker_id: Option<String>,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn dev_mode(&self) -> bool {
+        self.database_url.is_none()
+    }
+}
+
+/// Reads variables from a map (the process environment in `main`, a literal
+/// map in tests).
+pub struct Env<'a>(pub &'a HashMap<String, String>);
+
+impl Env<'_> {
+    fn raw(&self, var: &'static str) -> Option<&str> {
+        self.0.get(var).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    fn string(&self, var: &'static str, default: &str) -> String {
+        self.raw(var).unwrap_or(default).to_owned()
+    }
+
+    fn duration(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(v) => {
+                let d = humantime::parse_duration(v.trim())
+                    .map_err(|e| err(var, format!("{v:?} is not a duration like 250ms, 30s or 5m ({e})")))?;
+                if d.is_zero() {
+                    return Err(err(var, "must be greater than zero"));
+                }
+                Ok(d)
+            }
+        }
+    }
+
+    fn number<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        range: (T, T),
+    ) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<T>() {
+                Ok(n) if n >= range.0 && n <= range.1 => Ok(n),
+                _ => Err(err(var, format!("{v:?} must be a whole number from {} to {}", range.0, range.1))),
+            },
+        }
+    }
+}
+
+fn parse_bind(v: &str) -> Result<SocketAddr, ConfigError> {
+    let v = v.trim();
+    let full = if let Some(port) = v.strip_prefix(':') { format!("0.0.0.0:{port}") } else { v.to_owned() };
+    full.parse()
+        .map_err(|_| err("TERRACE_BIND", format!("{v:?} is not an address like 127.0.0.1:8000 or :0")))
+}
+
+fn parse_url(var: &'static str, v: &str) -> Result<String, ConfigError> {
+    let ok = (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len();
+    if ok {
+        Ok(v.trim_end_matches('/').to_owned())
+    } else {
+        Err(err(var, format!("{v:?} is not an http(s) URL")))
+    }
+}
+
+/// Reads and checks the whole configuration.
+pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
+    let bind = parse_bind(&env.string("TERRACE_BIND", "127.0.0.1:8000"))?;
+    let role = match env.string("TERRACE_ROLE", "all").trim() {
+        "api" => Role::Api,
+        "worker" => Role::Worker,
+        "all" => Role::All,
+        other => return Err(err("TERRACE_ROLE", format!("{other:?} must be api, worker or all"))),
+    };
+    let database_url = env.raw("DATABASE_URL").map(str::to_owned);
+    if let Some(u) = &database_url {
+        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+            return Err(err("DATABASE_URL", "must be a postgres:// or postgresql:// URL"));
+        }
+    }
+    let dev = database_url.is_none();
+    let blob_url = match env.raw("TERRACE_BLOB_URL") {
+        Some(u) => u.to_owned(),
+        None if dev => "memory://".to_owned(),
+        None => {
+            return Err(err(
+                "TERRACE_BLOB_URL",
+                "is required when DATABASE_URL is set (file:///dir, memory://)",
+            ));
+        }
+    };
+    let google = match (env.raw("GOOGLE_MAPS_API_KEY"), env.raw("GEMINI_API_KEY")) {
+        (None, None) => Google::Simulator,
+        (Some(m), Some(g)) => Google::Real { maps_key: m.to_owned(), gemini_key: g.to_owned() },
+        (Some(_), None) => return Err(err("GEMINI_API_KEY", "is required when GOOGLE_MAPS_API_KEY is set")),
+        (None, Some(_)) => return Err(err("GOOGLE_MAPS_API_KEY", "is required when GEMINI_API_KEY is set")),
+    };
+    let maps_base_url = parse_url(
+        "TERRACE_MAPS_BASE_URL",
+        &env.string("TERRACE_MAPS_BASE_URL", "https://maps.googleapis.com"),
+    )?;
+    let gemini_base_url = parse_url(
+        "TERRACE_GEMINI_BASE_URL",
+        &env.string("TERRACE_GEMINI_BASE_URL", "https://generativelanguage.googleapis.com"),
+    )?;
+    let gemini_model = env.string("TERRACE_GEMINI_MODEL", "gemini-2.5-flash-image");
+    if !gemini_model.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+        return Err(err("TERRACE_GEMINI_MODEL", format!("{gemini_model:?} is not a model name")));
+    }
+    let jwt_secret = env.raw("TERRACE_JWT_SECRET").map(str::to_owned);
+    match &jwt_secret {
+        None if !dev => return Err(err("TERRACE_JWT_SECRET", "is required when DATABASE_URL is set")),
+        Some(s) if s.len() < 16 => return Err(err("TERRACE_JWT_SECRET", "must be at least 16 bytes")),
+        _ => {}
+    }
+    let trial_credits = env.number("TERRACE_TRIAL_CREDITS", 3u64, (0, 1_000_000))?;
+
+    let maps_timeout = env.duration("TERRACE_MAPS_TIMEOUT", Duration::from_secs(10))?;
+    let llm_idle_timeout = env.duration("TERRACE_LLM_IDLE_TIMEOUT", Duration::from_secs(90))?;
+    let llm_connect_timeout = env.duration("TERRACE_LLM_CONNECT_TIMEOUT", Duration::from_secs(10))?;
+    let area_timeout = env.duration("TERRACE_AREA_TIMEOUT", Duration::from_secs(240))?;
+    let generation_timeout = env.duration("TERRACE_GENERATION_TIMEOUT", Duration::from_secs(300))?;
+    if area_timeout > generation_timeout {
+        return Err(err("TERRACE_AREA_TIMEOUT", "must not exceed TERRACE_GENERATION_TIMEOUT"));
+    }
+    let pool_size = env.number("TERRACE_DB_POOL_SIZE", 10usize, (1, 1000))?;
+    let acquire_timeout = env.duration("TERRACE_DB_ACQUIRE_TIMEOUT", Duration::from_secs(5))?;
+    let connect_timeout = env.duration("TERRACE_DB_CONNECT_TIMEOUT", Duration::from_secs(5))?;
+    let statement_timeout = env.duration("TERRACE_DB_STATEMENT_TIMEOUT", Duration::from_secs(30))?;
+    let lock_wait = env.duration("TERRACE_DB_LOCK_WAIT", Duration::from_millis(250))?;
+    let lease_ttl = env.duration("TERRACE_LEASE_TTL", Duration::from_secs(30))?;
+    let heartbeat_interval = env.duration("TERRACE_HEARTBEAT_INTERVAL", lease_ttl / 3)?;
+    if heartbeat_interval >= lease_ttl {
+        return Err(err("TERRACE_HEARTBEAT_INTERVAL", "must be shorter than TERRACE_LEASE_TTL"));
+    }
+    let sweep_interval = env.duration("TERRACE_SWEEP_INTERVAL", Duration::from_secs(5))?;
+    let shutdown_grace = env.duration("TERRACE_SHUTDOWN_GRACE", Duration::from_secs(30))?;
+    let blob_timeout = env.duration("TERRACE_BLOB_TIMEOUT", Duration::from_secs(30))?;
+    let max_running = env.number("TERRACE_MAX_RUNNING", 32usize, (1, 10_000))?;
+    let area_concurrency = env.number("TERRACE_AREA_CONCURRENCY", 5usize, (1, 5))?;
+    let max_attempts = env.number("TERRACE_RETRY_MAX_ATTEMPTS", 4u32, (1, 20))?;
+
+    let policies = Policies {
+        maps_timeout,
+        llm_connect_timeout,
+        llm_idle_timeout,
+        area_timeout,
+        generation_timeout,
+        area_concurrency,
+        retry: RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(30),
+        },
+        lock: LockPolicy::Timeout(lock_wait),
+        db: DbPolicy {
+            pool_size,
+            acquire_timeout,
+            connect_timeout,
+            statement_timeout,
+            lock_timeout: Duration::from_secs(5).min(statement_timeout),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+        },
+        lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running },
+        shutdown_grace,
+        blob_timeout,
+    };
+    policies.validate().map_err(|e| err("TERRACE_*", e.to_string()))?;
+
+    let header_read_timeout = env.duration("TERRACE_HEADER_READ_TIMEOUT", Duration::from_secs(10))?;
+    let request_timeout = env.duration("TERRACE_REQUEST_TIMEOUT", Duration::from_secs(30))?;
+    let max_requests = env.number("TERRACE_MAX_CONCURRENT_REQUESTS", 512usize, (1, 1_000_000))?;
+    let max_event_streams = env.number("TERRACE_MAX_EVENT_STREAMS", 1024usize, (1, 1_000_000))?;
+    let event_keepalive = env.duration("TERRACE_EVENT_KEEPALIVE", Duration::from_secs(15))?;
+    let worker_id = env.raw("TERRACE_WORKER_ID").map(str::to_owned);
+    let log_format = match env.string("TERRACE_LOG_FORMAT", "text").trim() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => return Err(err("TERRACE_LOG_FORMAT", format!("{other:?} must be text or json"))),
+    };
+    Ok(Config {
+        bind,
+        role,
+        database_url,
+        blob_url,
+        google,
+        maps_base_url,
+        gemini_base_url,
+        gemini_model,
+        jwt_secret,
+        trial_credits,
+        policies,
+        header_read_timeout,
+        request_timeout,
+        max_requests,
+        max_event_streams,
+        event_keepalive,
+        worker_id,
+        log_format,
+    })
+}
+
+/// The policies `terrace migrate` and `terrace token` need when the rest of
+/// the configuration does not matter: only the database bounds are read.
+pub fn db_policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
+    let mut only_db = env.0.clone();
+    only_db.retain(|k, _| k.starts_with("TERRACE_DB_") || k == "DATABASE_URL");
+    only_db.insert("TERRACE_JWT_SECRET".into(), "x".repeat(32));
+    only_db.insert("TERRACE_BLOB_URL".into(), "memory://".into());
+    load(&Env(&only_db)).map(|c| c.policies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_empty_environment_is_dev_mode_with_the_contract_defaults() {
+        let c = load(&Env(&env(&[]))).unwrap();
+        assert!(c.dev_mode());
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.role, Role::All);
+        assert_eq!(c.google, Google::Simulator);
+        assert_eq!(c.trial_credits, 3);
+        assert_eq!(c.policies.generation_timeout, Duration::from_secs(300));
+        assert_eq!(c.policies.area_timeout, Duration::from_secs(240));
+        assert_eq!(c.policies.db.acquire_timeout, Duration::from_secs(5));
+        assert_eq!(c.policies.lease.ttl, Duration::from_secs(30));
+        assert_eq!(c.policies.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (pairs, var) in [
+            (vec![("TERRACE_BIND", "nope")], "TERRACE_BIND"),
+            (vec![("TERRACE_ROLE", "boss")], "TERRACE_ROLE"),
+            (vec![("TERRACE_LEASE_TTL", "5 parsecs")], "TERRACE_LEASE_TTL"),
+            (vec![("TERRACE_DB_POOL_SIZE", "0")], "TERRACE_DB_POOL_SIZE"),
+            (vec![("GOOGLE_MAPS_API_KEY", "k")], "GEMINI_API_KEY"),
+            (vec![("DATABASE_URL", "postgres://x/y")], "TERRACE_BLOB_URL"),
+            (
+                vec![("DATABASE_URL", "postgres://x/y"), ("TERRACE_BLOB_URL", "memory://")],
+                "TERRACE_JWT_SECRET",
+            ),
+            (vec![("TERRACE_AREA_TIMEOUT", "10m")], "TERRACE_AREA_TIMEOUT"),
+        ] {
+            assert_eq!(load(&Env(&env(&pairs))).unwrap_err().var, var, "{pairs:?}");
+        }
+        assert_eq!(load(&Env(&env(&[("TERRACE_BIND", ":0")]))).unwrap().bind.port(), 0);
+    }
+}
