@@ -12,6 +12,8 @@
 //!   in-flight request and closes the connection, so all network activity
 //!   stops at once.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 mod watch;
 mod wire;
 
