@@ -216,7 +216,8 @@ async fn replay(
 impl PgStore {
     /// Runs a fenced change in one transaction: reads under the row lock,
     /// applies `change` (the domain's transitions), writes the difference,
-    /// announces it, and reports voided holds once committed.
+    /// and announces it. Voids made here are the worker's to report (the
+    /// engine does), so they are not reported to the observer again.
     async fn fenced_change(
         &self,
         what: &'static str,
@@ -224,7 +225,7 @@ impl PgStore {
         keep_lease: bool,
         change: impl FnOnce(&mut Generation, DateTime<Utc>) -> Result<(), StoreError> + Send,
     ) -> Result<Generation, StoreError> {
-        let (g, voided) = self
+        let (g, _voided) = self
             .db()
             .run(what, async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
@@ -237,10 +238,11 @@ impl PgStore {
                 Ok::<_, StoreError>((after, voided))
             })
             .await?;
-        self.report(&voided);
         Ok(g)
     }
 
+    /// Reports voids nobody else sees: those of a user's cancellation and of
+    /// the sweeper's overdue generations.
     fn report(&self, voided: &[ErrorCode]) {
         for code in voided {
             self.inner.observer.hold_voided(*code);

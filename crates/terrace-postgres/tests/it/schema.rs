@@ -1,0 +1,100 @@
+//! The database itself keeps the credit promises, whatever a buggy writer
+//! sends it.
+
+use crate::support::{TestDb, policies, session};
+use std::time::Duration;
+use terrace_conformance::new_generation;
+use terrace_domain::{AreaKind, CreditReference, GrantAmount, UserId};
+use terrace_ports::{CancelOutcome, CreateOutcome, GenerationStore, Ledger};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_refuses_broken_credit_states() {
+    let db = TestDb::create().await;
+    let store = db.store(&policies()).await;
+    let user = UserId::new_random();
+    let reference = CreditReference::parse("pay-1").unwrap();
+    store.grant(user, GrantAmount::parse(2).unwrap(), &reference, 1).await.unwrap();
+    let CreateOutcome::Created(g) = store
+        .create(new_generation(user, &[AreaKind::Patio], Duration::from_secs(60), 1), None)
+        .await
+        .unwrap()
+    else {
+        panic!("created")
+    };
+    let CancelOutcome::Cancelled(_) = store.cancel(g.id).await.unwrap() else { panic!("cancelled") };
+    let s = session(&db.url).await;
+    let u = user.0;
+    let refused = [
+        (
+            "a negative balance",
+            format!("UPDATE accounts SET token_balance = -1, credited = credited - 3 WHERE user_id = '{u}'"),
+        ),
+        (
+            "credits from nowhere",
+            format!("UPDATE accounts SET token_balance = token_balance + 1 WHERE user_id = '{u}'"),
+        ),
+        (
+            "a second resolution of one hold",
+            format!(
+                "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
+                 VALUES ('{u}', 'capture', 1, 'trial', '{}', 'patio')",
+                g.id
+            ),
+        ),
+        (
+            "a resolved hold held again",
+            format!(
+                "UPDATE generation_areas SET status = 'pending', hold_state = 'held', error_code = NULL, error_message = NULL WHERE generation_id = '{}'",
+                g.id
+            ),
+        ),
+        (
+            "a credit reference applied twice",
+            format!(
+                "INSERT INTO ledger_entries (user_id, kind, amount, source, reference) VALUES ('{u}', 'credit', 2, 'token', 'pay-1')"
+            ),
+        ),
+        (
+            "a completed area without its capture",
+            format!(
+                "UPDATE generation_areas SET status = 'completed', image_key = 'k' WHERE generation_id = '{}'",
+                g.id
+            ),
+        ),
+        (
+            "a terminal generation with a lease",
+            format!(
+                "UPDATE generations SET lease_owner = 'w', lease_expires_at = now() WHERE id = '{}'",
+                g.id
+            ),
+        ),
+    ];
+    for (what, sql) in refused {
+        let r = s.batch_execute(&sql).await;
+        assert!(r.is_err(), "the database accepted {what}");
+    }
+    assert!(store.conservation_violations().await.unwrap().is_empty());
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conservation_check_reports_a_counter_that_disagrees_with_the_ledger() {
+    let db = TestDb::create().await;
+    let store = db.store(&policies()).await;
+    let user = UserId::new_random();
+    store.open_account(user, 3).await.unwrap();
+    // Still conserved on the row, but no longer what the ledger says.
+    let s = session(&db.url).await;
+    s.batch_execute(&format!(
+        "UPDATE accounts SET trial_credits = 4, credited = 4 WHERE user_id = '{}'",
+        user.0
+    ))
+    .await
+    .unwrap();
+    let violations = store.conservation_violations().await.unwrap();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains(&user.0.to_string()));
+    store.close().await;
+    db.drop_now().await;
+}
