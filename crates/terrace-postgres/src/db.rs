@@ -231,3 +231,47 @@ pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
 pub(crate) fn is_lock_refused(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> DbPolicy {
+        DbPolicy {
+            pool_size: 3,
+            acquire_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_millis(1500),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn every_session_carries_the_server_side_bounds() {
+        let cfg = pg_config(
+            "postgres://u@db.example:5433/app?options=-c%20search_path%3Dapp",
+            &policy(),
+            "terrace",
+        )
+        .unwrap();
+        let options = cfg.get_options().unwrap();
+        for wanted in [
+            "-c search_path=app",
+            "-c statement_timeout=30000",
+            "-c lock_timeout=1500",
+            "-c idle_in_transaction_session_timeout=60000",
+        ] {
+            assert!(options.contains(wanted), "{wanted} missing from {options}");
+        }
+        assert_eq!(cfg.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert!(cfg.get_keepalives());
+        assert_eq!(cfg.get_tcp_user_timeout(), Some(&Duration::from_secs(32)));
+        assert_eq!(cfg.get_application_name(), Some("terrace"));
+    }
+
+    #[test]
+    fn a_bad_url_is_an_error_not_a_panic() {
+        assert!(matches!(pg_config("postgres://[::1", &policy(), "t"), Err(StoreError::Internal { .. })));
+    }
+}

@@ -32,6 +32,17 @@ pub(crate) async fn notify(c: &impl GenericClient, n: &Notification) -> Result<(
     Ok(())
 }
 
+/// Announces that each of `ids` changed, in one statement.
+async fn notify_changed(c: &impl GenericClient, ids: &[Uuid]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    c.execute("SELECT pg_notify($1, 'changed ' || id) FROM unnest($2::uuid[]) AS id", &[&CHANNEL, &ids])
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
 pub(crate) async fn now(c: &impl GenericClient) -> Result<DateTime<Utc>, StoreError> {
     let row = c.query_one("SELECT now()", &[]).await.map_err(map_err)?;
     Ok(row.get(0))
@@ -290,9 +301,7 @@ impl PgStore {
                 ids.sort();
                 let ids: Vec<Uuid> = ids.into_iter().map(|(_, id)| id).collect();
                 let claimed = load(&*tx, &ids, false).await?;
-                for (g, _) in &claimed {
-                    notify(&*tx, &Notification::Changed(g.id)).await?;
-                }
+                notify_changed(&*tx, &ids).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(claimed.into_iter().map(|(g, _)| g).collect())
             })
@@ -682,9 +691,9 @@ impl GenerationStore for PgStore {
                     after.end_unfinished(AreaStatus::Failed, &failure, now);
                     after.settle(now);
                     voided.extend(save(&*tx, &before, &after, false).await?);
-                    notify(&*tx, &Notification::Changed(after.id)).await?;
                     ended.push(after.id);
                 }
+                notify_changed(&*tx, &ended.iter().map(|g| g.0).collect::<Vec<_>>()).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok::<_, StoreError>((ended, voided))
             })

@@ -8,3 +8,4 @@ mod listener;
 mod migrations;
 mod schema;
 mod support;
+mod work;
