@@ -502,8 +502,9 @@ impl Simulator {
 
     /// Stops accepting, ends every connection (hanging ones included) and
     /// waits for their tasks, at most the configured shutdown timeout.
-    /// Returns whether every task ended in time.
-    pub async fn shutdown(self) -> bool {
+    /// Returns whether every task ended in time. Idempotent; the records stay
+    /// readable afterwards.
+    pub async fn shutdown(&self) -> bool {
         self.cancel.cancel();
         self.tracker.close();
         tokio::time::timeout(self.shutdown_timeout, self.tracker.wait()).await.is_ok()
