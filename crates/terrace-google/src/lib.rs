@@ -69,8 +69,8 @@ pub struct GoogleConfig {
     pub gemini_api_key: ApiKey,
     /// One whole Maps request.
     pub maps_timeout: Duration,
-    /// Establishing a connection (Gemini's bound; Maps' is inside its
-    /// whole-request timeout).
+    /// Establishing a connection. Set on the shared client, so it bounds Maps
+    /// connects too (which are also inside the whole-request timeout).
     pub llm_connect_timeout: Duration,
     /// Longest silence on the Gemini stream: before the headers or between bytes.
     pub llm_idle_timeout: Duration,
@@ -190,6 +190,70 @@ impl Inner {
             outcome = outcome.as_str(),
             elapsed_ms = elapsed.as_millis() as u64,
             "google request ended"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use terrace_ports::NoopObserver;
+
+    fn config() -> GoogleConfig {
+        GoogleConfig {
+            maps_base_url: "https://maps.googleapis.com".into(),
+            gemini_base_url: "https://generativelanguage.googleapis.com/".into(),
+            gemini_model: "gemini-2.5-flash-image".into(),
+            maps_api_key: ApiKey::new("maps-secret-1234"),
+            gemini_api_key: ApiKey::new("gemini-secret-5678"),
+            maps_timeout: Duration::from_secs(10),
+            llm_connect_timeout: Duration::from_secs(5),
+            llm_idle_timeout: Duration::from_secs(90),
+        }
+    }
+
+    #[test]
+    fn keys_never_print() {
+        let c = config();
+        let printed = format!("{c:?} {} {:?}", c.maps_api_key, c.gemini_api_key);
+        assert!(!printed.contains("secret"), "{printed}");
+        let client = GoogleClient::new(c, Arc::new(NoopObserver)).expect("builds");
+        assert!(!format!("{client:?}").contains("secret"));
+    }
+
+    #[test]
+    fn urls_follow_googles_paths() {
+        let client = GoogleClient::new(config(), Arc::new(NoopObserver)).expect("builds");
+        assert_eq!(client.inner.geocode_url.as_str(), "https://maps.googleapis.com/maps/api/geocode/json");
+        assert_eq!(
+            client.inner.gemini_url.as_str(),
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash-image:streamGenerateContent?alt=sse"
+        );
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused() {
+        let observer: Arc<dyn Observer> = Arc::new(NoopObserver);
+        let mut c = config();
+        c.llm_idle_timeout = Duration::ZERO;
+        assert_eq!(
+            GoogleClient::new(c, observer.clone()).unwrap_err(),
+            ConfigError::ZeroTimeout { which: "llm_idle_timeout" }
+        );
+        let mut c = config();
+        c.maps_base_url = "maps.googleapis.com".into();
+        assert_eq!(
+            GoogleClient::new(c, observer.clone()).unwrap_err(),
+            ConfigError::InvalidBaseUrl { which: "maps_base_url" }
+        );
+        let mut c = config();
+        c.gemini_model = "../admin".into();
+        assert_eq!(GoogleClient::new(c, observer.clone()).unwrap_err(), ConfigError::InvalidModel);
+        let mut c = config();
+        c.gemini_api_key = ApiKey::new(" ");
+        assert_eq!(
+            GoogleClient::new(c, observer).unwrap_err(),
+            ConfigError::EmptyKey { which: "gemini_api_key" }
         );
     }
 }
