@@ -5,9 +5,18 @@
 //!   stops Postgres.
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`:
 //!   exactly what CI runs.
+//! - `loadtest [--generations N --users U --latency-ms L --concurrency C]`:
+//!   one instance on Postgres and the simulator, N concurrent generations;
+//!   writes `target/loadtest/report.{md,json}`.
+//! - `chaos`: three instances on one Postgres and a simulator injecting
+//!   faults; kills one instance mid-run and restarts it, restarts Postgres
+//!   once, then checks that every hold resolved.
 //! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
 //!   its URL (for running single tests by hand).
 
+mod chaos;
+mod cluster;
+mod loadtest;
 mod postgres;
 
 use anyhow::{Context, Result, bail};
@@ -35,6 +44,8 @@ fn run() -> Result<()> {
             cmd("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
             test(&rest)
         }
+        "loadtest" => loadtest::run(&rest),
+        "chaos" => chaos::run(&rest),
         "postgres" => {
             let pg = postgres::TestPostgres::start()?;
             println!("TERRACE_TEST_DATABASE_URL={}", pg.url());
@@ -43,7 +54,7 @@ fn run() -> Result<()> {
             std::io::stdin().read_line(&mut line)?;
             Ok(())
         }
-        _ => bail!("usage: cargo xtask <test|ci|postgres> [ARGS…]"),
+        _ => bail!("usage: cargo xtask <test|ci|loadtest|chaos|postgres> [ARGS…]"),
     }
 }
 
@@ -73,7 +84,7 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn cmd(program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn cmd(program: &str, args: &[&str]) -> Result<()> {
     eprintln!("xtask: {program} {}", args.join(" "));
     let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
     if !status.success() {

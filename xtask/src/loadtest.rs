@@ -1,0 +1,389 @@
+//! `cargo xtask loadtest`: one Terrace instance on Postgres, the simulator
+//! with a configurable model latency, and N concurrent generations from many
+//! users through terrace-client. Writes `report.md` and `report.json`.
+
+use crate::cluster::{self, LedgerCheck, Proc, metric, percentiles};
+use crate::postgres::TestPostgres;
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use terrace_client::{AreaSpec, Client, ClientConfig, CreateRequest, Generation};
+use terrace_domain::{AreaKind, Style};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub generations: usize,
+    pub users: usize,
+    pub latency: Duration,
+    pub concurrency: usize,
+    pub out: PathBuf,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Options {
+            generations: 1000,
+            users: 0,
+            latency: Duration::from_secs(20),
+            concurrency: 200,
+            out: PathBuf::from("target/loadtest"),
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--generations" => o.generations = value.parse()?,
+                "--users" => o.users = value.parse()?,
+                "--latency-ms" => o.latency = Duration::from_millis(value.parse()?),
+                "--concurrency" => o.concurrency = value.parse()?,
+                "--out" => o.out = PathBuf::from(value),
+                _ => bail!(
+                    "unknown flag {flag}: use --generations N --users U --latency-ms L --concurrency C --out DIR"
+                ),
+            }
+        }
+        if o.users == 0 {
+            o.users = (o.generations / 10).max(1);
+        }
+        Ok(o)
+    }
+}
+
+/// What the samplers saw.
+#[derive(Default)]
+struct Observed {
+    create_latency: Mutex<Vec<Duration>>,
+    status_latency: Mutex<Vec<Duration>>,
+    to_terminal: Mutex<Vec<Duration>>,
+    outcomes: Mutex<HashMap<String, u64>>,
+    create_errors: Mutex<HashMap<String, u64>>,
+    status_errors: AtomicU64,
+    peak_in_flight: AtomicU64,
+    peak_rss: AtomicU64,
+    rss_at_peak_in_flight: AtomicU64,
+}
+
+fn area_request(i: usize) -> CreateRequest {
+    let style = Style::ALL[i % Style::ALL.len()];
+    CreateRequest {
+        address: format!("{} Load Test Avenue, Springfield", 100 + i),
+        areas: vec![AreaSpec {
+            area: AreaKind::Backyard,
+            style,
+            custom_prompt: None,
+            preservation_strength: None,
+        }],
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = Options::parse(args)?;
+    let bin = cluster::build()?;
+    std::fs::create_dir_all(&o.out)?;
+    let pg = TestPostgres::start()?;
+    let sim = cluster::simulator(&bin, &o.out)?;
+    let max_running = o.generations.clamp(32, 10_000).to_string();
+    let env = cluster::server_env(
+        &pg,
+        &sim,
+        &[
+            ("TERRACE_MAX_RUNNING", &max_running),
+            ("TERRACE_DB_POOL_SIZE", "40"),
+            ("TERRACE_MAX_CONCURRENT_REQUESTS", "8192"),
+            ("TERRACE_LLM_IDLE_TIMEOUT", "120s"),
+        ],
+    );
+    let server = cluster::server(&bin, &o.out, "terrace", &env)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(drive(&o, &sim, &server))?;
+    let slack = Duration::from_secs(35);
+    let ledger = LedgerCheck::read(&pg, slack)?;
+    write_report(&o, report, &ledger)?;
+    if !ledger.ok() {
+        bail!("the ledger check failed: {:?}", ledger);
+    }
+    Ok(())
+}
+
+async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Value> {
+    let http = reqwest::Client::new();
+    let script = json!({"endpoint": "gemini", "behaviour": {"kind": "latency", "delay_ms": o.latency.as_millis() as u64}, "default": true});
+    let r = http.post(format!("{}/_sim/script", sim.url())).body(script.to_string()).send().await?;
+    if !r.status().is_success() {
+        bail!("could not script the simulator: {}", r.status());
+    }
+    let base = server.url();
+    let (baseline_rss, _) = server.memory();
+
+    // Users and their credits.
+    let admin = Client::new(&base, &cluster::token(Uuid::nil(), true), ClientConfig::interactive())?;
+    let per_user = o.generations.div_ceil(o.users) as u64;
+    let users: Vec<Uuid> = (0..o.users).map(|_| Uuid::new_v4()).collect();
+    futures::stream::iter(users.iter())
+        .map(|u| grant(&http, &base, &admin, *u, per_user))
+        .buffer_unordered(32)
+        .collect::<Vec<Result<()>>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()?;
+    let clients: Vec<Client> = users
+        .iter()
+        .map(|u| Client::new(&base, &cluster::token(*u, false), ClientConfig::interactive()))
+        .collect::<Result<_, _>>()?;
+
+    let seen = Arc::new(Observed::default());
+    let queue: Arc<Mutex<VecDeque<(Uuid, Instant, usize)>>> = Arc::default();
+    let created = Arc::new(AtomicUsize::new(0));
+    let creates_done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+
+    // The metrics sampler: in-flight count and memory, every 500 ms.
+    let sampler = {
+        let (seen, http, base, pid) = (seen.clone(), http.clone(), base.clone(), server.pid());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(Ok(page)) = tokio::time::timeout(Duration::from_secs(5), async {
+                    http.get(format!("{base}/metrics")).send().await?.text().await
+                })
+                .await
+                {
+                    let active = metric(&page, "terrace_generation_tasks_active").unwrap_or(0.0) as u64;
+                    let rss = read_rss(pid);
+                    seen.peak_rss.fetch_max(rss, Ordering::Relaxed);
+                    if active > seen.peak_in_flight.fetch_max(active, Ordering::Relaxed) {
+                        seen.rss_at_peak_in_flight.store(rss, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    // Creators.
+    let creators: Vec<_> = (0..o.concurrency)
+        .map(|_| {
+            let (seen, queue, created, done, clients) =
+                (seen.clone(), queue.clone(), created.clone(), creates_done.clone(), clients.clone());
+            let total = o.generations;
+            tokio::spawn(async move {
+                loop {
+                    let i = created.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        break;
+                    }
+                    let client = &clients[i % clients.len()];
+                    let t = Instant::now();
+                    match client.create(&area_request(i)).await {
+                        Ok(g) => {
+                            seen.create_latency.lock().unwrap_or_else(|p| p.into_inner()).push(t.elapsed());
+                            queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((
+                                g.id,
+                                t,
+                                i % clients.len(),
+                            ));
+                        }
+                        Err(e) => {
+                            let key = match &e {
+                                terrace_client::ClientError::Api { status, code, .. } => {
+                                    format!("{status} {code}")
+                                }
+                                other => other.to_string(),
+                            };
+                            *seen
+                                .create_errors
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(key)
+                                .or_default() += 1;
+                        }
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+
+    // Status pollers: each takes the oldest unfinished generation, asks for
+    // it, and puts it back unless terminal.
+    let pollers: Vec<_> = (0..32)
+        .map(|_| {
+            let (seen, queue, done, clients) =
+                (seen.clone(), queue.clone(), creates_done.clone(), clients.clone());
+            let total = o.generations;
+            tokio::spawn(async move {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some((id, created_at, who)) = next else {
+                        if done.load(Ordering::SeqCst) >= total {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let t = Instant::now();
+                    match clients[who].get(id).await {
+                        Ok(g) => {
+                            seen.status_latency.lock().unwrap_or_else(|p| p.into_inner()).push(t.elapsed());
+                            if g.status.is_terminal() {
+                                finished(&seen, &g, created_at);
+                            } else {
+                                queue
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push_back((id, created_at, who));
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                        Err(_) => {
+                            seen.status_errors.fetch_add(1, Ordering::Relaxed);
+                            queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((id, created_at, who));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for c in creators {
+        c.await?;
+    }
+    let create_phase = start.elapsed();
+    // Every generation ends within its deadline (5 min) plus a lease and a
+    // sweep; the pollers stop once every one was seen terminal.
+    let bound = Duration::from_secs(300 + 60);
+    let waited = tokio::time::timeout(bound, futures::future::join_all(pollers)).await;
+    sampler.abort();
+    let total_time = start.elapsed();
+
+    // Tasks still running at the end (must be 0).
+    let page = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let tasks_active_at_end = metric(&page, "terrace_generation_tasks_active").unwrap_or(-1.0);
+
+    let created_ok = seen.create_latency.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let peak = seen.peak_in_flight.load(Ordering::Relaxed);
+    let rss_peak_inflight = seen.rss_at_peak_in_flight.load(Ordering::Relaxed);
+    let per_generation = rss_peak_inflight.saturating_sub(baseline_rss).checked_div(peak).unwrap_or(0);
+    let mut create = seen.create_latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut status = seen.status_latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut terminal = seen.to_terminal.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(json!({
+        "options": {"generations": o.generations, "users": o.users, "model_latency_ms": o.latency.as_millis() as u64, "create_concurrency": o.concurrency},
+        "created": created_ok,
+        "create_errors": *seen.create_errors.lock().unwrap_or_else(|p| p.into_inner()),
+        "creates_per_second": created_ok as f64 / create_phase.as_secs_f64(),
+        "create_latency": percentiles(&mut create),
+        "status_latency": percentiles(&mut status),
+        "status_errors": seen.status_errors.load(Ordering::Relaxed),
+        "time_to_terminal": percentiles(&mut terminal),
+        "outcomes": *seen.outcomes.lock().unwrap_or_else(|p| p.into_inner()),
+        "all_seen_terminal": waited.is_ok(),
+        "peak_in_flight": peak,
+        "baseline_rss_bytes": baseline_rss,
+        "peak_rss_bytes": seen.peak_rss.load(Ordering::Relaxed),
+        "rss_per_in_flight_bytes": per_generation,
+        "tasks_active_at_end": tasks_active_at_end,
+        "create_phase_seconds": create_phase.as_secs_f64(),
+        "total_seconds": total_time.as_secs_f64(),
+    }))
+}
+
+fn finished(seen: &Observed, g: &Generation, created_at: Instant) {
+    seen.to_terminal.lock().unwrap_or_else(|p| p.into_inner()).push(created_at.elapsed());
+    *seen
+        .outcomes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(g.status.as_str().to_owned())
+        .or_default() += 1;
+}
+
+fn read_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn grant(http: &reqwest::Client, base: &str, _admin: &Client, user: Uuid, amount: u64) -> Result<()> {
+    let body = json!({"user_id": user, "amount": amount, "reference": format!("loadtest-{user}")});
+    let r = http
+        .post(format!("{base}/v1/admin/credits"))
+        .bearer_auth(cluster::token(Uuid::nil(), true))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("granting credits failed: {}", r.status());
+    }
+    Ok(())
+}
+
+fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck) -> Result<()> {
+    report["ledger"] = ledger.to_json();
+    std::fs::write(o.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    let mb = |b: &serde_json::Value| b.as_f64().unwrap_or(0.0) / 1_048_576.0;
+    let p = |k: &str, q: &str| report[k][q].as_f64().unwrap_or(0.0);
+    let target = |ok: bool| if ok { "met" } else { "MISSED" };
+    let peak = report["peak_in_flight"].as_u64().unwrap_or(0);
+    let per_gen_kb = report["rss_per_in_flight_bytes"].as_f64().unwrap_or(0.0) / 1024.0;
+    let md = format!(
+        "# Load test\n\n\
+         `cargo xtask loadtest --generations {g} --users {u} --latency-ms {l} --concurrency {c}`\n\n\
+         | figure | value | target |\n|---|---|---|\n\
+         | generations created | {created} of {g} | |\n\
+         | creates per second | {cps:.1} | |\n\
+         | create p50 / p95 / p99 | {c50:.1} / {c95:.1} / {c99:.1} ms | |\n\
+         | status p50 / p95 / p99 | {s50:.1} / {s95:.1} / {s99:.1} ms | p99 < 100 ms: {st} |\n\
+         | time to terminal p50 / p95 / p99 | {t50:.0} / {t95:.0} / {t99:.0} ms | |\n\
+         | peak generations in flight | {peak} | 10 000: {pt} |\n\
+         | peak RSS | {rss:.1} MiB | |\n\
+         | RSS per in-flight generation | {pg:.1} KiB | < 50 KB: {mt} |\n\
+         | tasks active at the end | {tasks} | 0: {tt} |\n\
+         | every generation terminal | {all} | |\n\
+         | open holds / conservation violations / late | {oh} / {cv} / {late} | 0 / 0 / 0: {lt} |\n\n\
+         Outcomes: {outcomes}. Create errors: {errors}.\n",
+        g = o.generations,
+        u = o.users,
+        l = o.latency.as_millis(),
+        c = o.concurrency,
+        created = report["created"],
+        cps = report["creates_per_second"].as_f64().unwrap_or(0.0),
+        c50 = p("create_latency", "p50_ms"),
+        c95 = p("create_latency", "p95_ms"),
+        c99 = p("create_latency", "p99_ms"),
+        s50 = p("status_latency", "p50_ms"),
+        s95 = p("status_latency", "p95_ms"),
+        s99 = p("status_latency", "p99_ms"),
+        st = target(p("status_latency", "p99_ms") < 100.0),
+        t50 = p("time_to_terminal", "p50_ms"),
+        t95 = p("time_to_terminal", "p95_ms"),
+        t99 = p("time_to_terminal", "p99_ms"),
+        pt = target(peak >= 10_000),
+        rss = mb(&report["peak_rss_bytes"]),
+        pg = per_gen_kb,
+        mt = target(per_gen_kb * 1024.0 < 50_000.0),
+        tasks = report["tasks_active_at_end"],
+        tt = target(report["tasks_active_at_end"].as_f64() == Some(0.0)),
+        all = ledger.unfinished == 0,
+        oh = ledger.open_holds,
+        cv = ledger.conservation_violations,
+        late = ledger.late,
+        lt = target(ledger.ok()),
+        outcomes = report["outcomes"],
+        errors = report["create_errors"],
+    );
+    std::fs::write(o.out.join("report.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
