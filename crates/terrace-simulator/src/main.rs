@@ -26,6 +26,15 @@ async fn main() -> ExitCode {
     if let Ok(k) = std::env::var("GEMINI_API_KEY") {
         config.gemini_key = k;
     }
+    // Handlers first, so that a signal sent right after the address is
+    // printed is not lost.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("could not install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let sim = match Simulator::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -34,21 +43,25 @@ async fn main() -> ExitCode {
         }
     };
     println!("listening on {}", sim.addr());
-    wait_for_signal().await;
+    signals.wait().await;
     if sim.shutdown().await { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

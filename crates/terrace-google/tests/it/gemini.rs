@@ -274,3 +274,39 @@ async fn a_connect_that_never_completes_times_out_as_connect() {
     assert_eq!(recorder.timeouts(), vec![(Upstream::Gemini, TimeoutKind::Connect)]);
     drop(listener);
 }
+
+#[tokio::test]
+async fn a_separator_split_across_reads_still_frames_the_event() {
+    // The image event is exactly `size` bytes and ends with "\r\n\r\n"; with
+    // these sizes the last read is a lone "\n" after a "\r\n\r".
+    let h = harness().await;
+    let split = Behaviour::TrickleImage { size: 100_001, chunk: 50_000, every: Duration::from_millis(60) };
+    h.sim.script(Endpoint::Gemini, split);
+    let out = design(&h).await;
+    assert_eq!(out.result, Some(Ok(())), "{out:?}");
+    assert_eq!(out.images.len(), 1);
+    assert_eq!(out.images[0].bytes, h.sim.image());
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_midway_is_retryable() {
+    let h = harness().await;
+    h.sim.script(Endpoint::Gemini, Behaviour::DripEvents { every: Duration::from_millis(20) });
+    let mut stream = h.client.generate(request()).await.expect("stream opens");
+    let first = tokio::time::timeout(Duration::from_secs(2), stream.next()).await.expect("an event");
+    assert!(matches!(first, Some(Ok(DesignEvent::Text(_)))), "{first:?}");
+    // The simulator going away cuts the chunked body without its end.
+    assert!(h.sim.shutdown().await);
+    let started = Instant::now();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(2), stream.next()).await.expect("the stream moves") {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended cleanly"),
+        }
+    };
+    check_design(&Err(err), &Expect::UNAVAILABLE);
+    assert!(started.elapsed() <= IDLE_TIMEOUT + MARGIN);
+    assert_eq!(h.recorder.requests(), vec![(Upstream::Gemini, UpstreamOutcome::Unavailable)]);
+}
