@@ -733,3 +733,43 @@ pub async fn gauges_count_held_credits(s: &Subject) {
     assert_eq!(gauges.stuck, 0);
     s.store.ping().await.unwrap();
 }
+
+pub async fn cancel_racing_a_worker_resolves_each_hold_once(s: &Subject) {
+    let user = UserId::new_random();
+    let areas = [FrontYard, Backyard, Patio, Walkway];
+    let g = create(s, user, &areas, 4).await;
+    let w = worker("w");
+    let l = lease(&claim_it(s, &g, &w, TTL).await, &w);
+    for a in areas {
+        s.store.advance_area(&l, a, AreaStage::Storing, 90).await.unwrap();
+    }
+    let cancel = {
+        let store = Arc::clone(&s.store);
+        tokio::spawn(async move { store.cancel(g.id).await })
+    };
+    let completes: Vec<_> = areas
+        .iter()
+        .map(|a| {
+            let (store, l, a) = (Arc::clone(&s.store), l.clone(), *a);
+            tokio::spawn(async move { store.complete_area(&l, a, "k").await })
+        })
+        .collect();
+    let mut completed = 0;
+    for c in completes {
+        match c.await.unwrap() {
+            Ok(()) => completed += 1,
+            Err(StoreError::Finished) => {}
+            other => {
+                panic!("a completion racing a cancel either lands or finds the area finished: {other:?}")
+            }
+        }
+    }
+    assert!(matches!(cancel.await.unwrap(), Ok(CancelOutcome::Cancelled(_))));
+    let done = get(s, g.id).await;
+    assert!(done.status.is_terminal());
+    assert_eq!(done.captured(), completed);
+    assert_eq!(done.captured() + done.voided(), 4);
+    assert!(resolutions(s, &done).await.iter().all(|(_, n)| *n == 1), "{done:?}");
+    let acc = account(s, user).await;
+    assert_eq!((acc.held, acc.captured, acc.trial_credits), (0, completed, 4 - completed));
+}

@@ -78,6 +78,7 @@ macro_rules! suite {
             finish_ends_unfinished_and_settles,
             finish_with_every_area_completed_is_completed,
             cancel_voids_unfinished_and_settles,
+            cancel_racing_a_worker_resolves_each_hold_once,
             cancel_of_unknown_generation_is_not_found,
             release_hands_work_back,
             record_geocode_is_fenced,

@@ -98,3 +98,32 @@ async fn conservation_check_reports_a_counter_that_disagrees_with_the_ledger() {
     store.close().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_idempotency_key_may_be_used_again() {
+    use terrace_domain::IdempotencyKey;
+    use terrace_ports::IdempotencyClaim;
+    let db = TestDb::create().await;
+    let store = db.store(&policies()).await;
+    let user = UserId::new_random();
+    let claim = |hash: &str| {
+        Some(IdempotencyClaim { key: IdempotencyKey::parse("k").unwrap(), request_hash: hash.into() })
+    };
+    let new = || new_generation(user, &[AreaKind::Patio], Duration::from_secs(60), 5);
+    let CreateOutcome::Created(first) = store.create(new(), claim("a")).await.unwrap() else {
+        panic!("created")
+    };
+    let s = session(&db.url).await;
+    s.batch_execute("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'").await.unwrap();
+    let CreateOutcome::Created(second) = store.create(new(), claim("b")).await.unwrap() else {
+        panic!("an expired key starts afresh")
+    };
+    assert_ne!(first.id, second.id);
+    match store.create(new(), claim("b")).await.unwrap() {
+        CreateOutcome::Replayed { generation, .. } => assert_eq!(generation.id, second.id),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.conservation_violations().await.unwrap().is_empty());
+    store.close().await;
+    db.drop_now().await;
+}

@@ -144,3 +144,54 @@ async fn voids_by_cancellation_and_sweeps_are_reported_and_workers_report_their_
     store.close().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_database_never_take_the_same_work() {
+    use std::collections::HashSet;
+    use terrace_conformance::{eventually, new_generation};
+    use terrace_domain::{AreaKind, GenerationId, UserId};
+    let db = TestDb::create().await;
+    let (a, b) = (db.store(&policies()).await, db.store(&policies()).await);
+    let user = UserId::new_random();
+    terrace_ports::Ledger::open_account(&a, user, 100).await.unwrap();
+    let mut fresh = HashSet::new();
+    let mut doomed = HashSet::new();
+    for i in 0..40 {
+        let deadline = if i % 2 == 0 { Duration::from_secs(60) } else { Duration::from_millis(200) };
+        let new = new_generation(user, &[AreaKind::Patio], deadline, 0);
+        if i % 2 == 0 {
+            fresh.insert(new.id)
+        } else {
+            doomed.insert(new.id)
+        };
+        a.create(new, None).await.unwrap();
+    }
+    // Claims race; each generation goes to one instance.
+    let (wa, wb) = (WorkerId("a".into()), WorkerId("b".into()));
+    let ttl = Duration::from_secs(30);
+    let mut claimed: Vec<GenerationId> = Vec::new();
+    while claimed.len() < fresh.len() {
+        let (ca, cb) = tokio::join!(a.claim(&wa, ttl, 3), b.claim(&wb, ttl, 3));
+        let (ca, cb) = (ca.unwrap(), cb.unwrap());
+        assert!(!(ca.is_empty() && cb.is_empty()), "work left but nobody could claim it");
+        claimed.extend(ca.iter().chain(&cb).map(|g| g.id));
+    }
+    let unique: HashSet<_> = claimed.iter().copied().collect();
+    assert_eq!(unique.len(), claimed.len(), "no generation claimed twice");
+    assert!(unique.is_subset(&fresh.iter().copied().chain(doomed.iter().copied()).collect()));
+    // Sweeps race too; each overdue generation is ended once.
+    let mut ended: Vec<GenerationId> = Vec::new();
+    eventually("every overdue generation is ended", Duration::from_secs(5), async || {
+        let (ea, eb) = tokio::join!(a.end_overdue(4), b.end_overdue(4));
+        ended.extend(ea.unwrap().into_iter().chain(eb.unwrap()));
+        (ended.len() >= doomed.len() - doomed.intersection(&unique).count()).then_some(())
+    })
+    .await;
+    let ended_set: HashSet<_> = ended.iter().copied().collect();
+    assert_eq!(ended_set.len(), ended.len(), "no generation ended twice");
+    assert!(ended_set.is_disjoint(&unique), "leased work is spared");
+    assert!(terrace_ports::Ledger::conservation_violations(&a).await.unwrap().is_empty());
+    a.close().await;
+    b.close().await;
+    db.drop_now().await;
+}
