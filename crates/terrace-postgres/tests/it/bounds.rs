@@ -216,3 +216,45 @@ async fn a_pooled_connection_that_stalled_is_replaced_by_the_verified_recycle() 
     proxy.stop();
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_by_its_caller_is_cancelled_on_the_server_and_discarded() {
+    let db = TestDb::create().await;
+    let mut p = policies();
+    p.db.lock_timeout = Duration::from_secs(8);
+    p.db.statement_timeout = Duration::from_secs(8);
+    let store = db.store(&p).await;
+    let before = store.pool().size;
+    let locker = session(&db.url).await;
+    locker.batch_execute("BEGIN; LOCK TABLE generations IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    // The caller gives up long before the server would.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.get(terrace_domain::GenerationId::new_random()),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let waiting = async || {
+        locker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'terrace' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // The server stops the query well before its own timeouts would.
+    let started = Instant::now();
+    terrace_conformance::eventually("the abandoned query is cancelled", Duration::from_secs(3), async || {
+        (waiting().await == 0).then_some(())
+    })
+    .await;
+    within(started.elapsed(), Duration::from_millis(500));
+    assert!(store.pool().size < before.max(1), "the abandoned connection left the pool");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    store.ping().await.unwrap();
+    store.close().await;
+    db.drop_now().await;
+}
