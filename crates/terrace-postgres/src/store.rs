@@ -260,8 +260,8 @@ impl PgStore {
         }
     }
 
-    /// Claims with `filter` (an extra condition on `generations`, with `$4`
-    /// free for it) up to `limit` rows.
+    /// Claims up to `limit` claimable generations (only `one`, if named),
+    /// oldest first, skipping rows other transactions hold locked.
     async fn claim_where(
         &self,
         what: &'static str,
