@@ -125,12 +125,7 @@ impl Env<'_> {
         }
     }
 
-    fn number<T>(
-        &self,
-        var: &'static str,
-        default: T,
-        range: (T, T),
-    ) -> Result<T, ConfigError>
+    fn number<T>(&self, var: &'static str, default: T, range: (T, T)) -> Result<T, ConfigError>
     where
         T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {

@@ -166,8 +166,17 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
-        Problem::validation(vec![FieldError { field, message: e.into_inner().to_string() }])
+        let message = e.into_inner().to_string();
+        let root = matches!(path.as_str(), "." | "?" | "");
+        // serde names a missing field in its message, not in the path.
+        let missing = message.strip_prefix("missing field `").and_then(|r| r.split('`').next());
+        let field = match (root, missing) {
+            (true, Some(name)) => name.to_owned(),
+            (false, Some(name)) => format!("{path}.{name}"),
+            (true, None) => "body".to_owned(),
+            (false, None) => path,
+        };
+        Problem::validation(vec![FieldError { field, message }])
     })
 }
 

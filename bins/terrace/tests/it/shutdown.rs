@@ -1,0 +1,125 @@
+//! SIGTERM: stop accepting, finish or hand back work, exit within the grace
+//! period; a second signal exits at once; another instance finishes the work.
+
+use crate::postgres_or_skip;
+use crate::support::*;
+use std::time::{Duration, Instant};
+use terrace_domain::UserId;
+use terrace_simulator::{Behaviour, Endpoint};
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn sigterm_with_work_in_flight_exits_within_the_grace_period() {
+    let sim = simulator().await;
+    sim.set_default(Endpoint::Gemini, Behaviour::HangBeforeHeaders);
+    let mut env = base_env(&sim);
+    set(&mut env, "TERRACE_LLM_IDLE_TIMEOUT", "60s");
+    set(&mut env, "TERRACE_SHUTDOWN_GRACE", "3s");
+    let mut t = Terrace::start(&env).await;
+    let token = t.token(UserId::new_random());
+    let (_, g) = t.create(&token, &[("patio", "japanese_zen"), ("backyard", "english_garden")]).await;
+    let id = g["id"].as_str().unwrap().to_owned();
+    t.wait_for(&id, &token, Duration::from_secs(5), |g| g["status"] == "processing").await;
+
+    let started = Instant::now();
+    t.signal("TERM");
+    let status = t.wait_exit(Duration::from_secs(5)).await.expect("terrace did not exit");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    let logs = t.logs();
+    assert!(logs.contains("stopped accepting"), "{logs}");
+    assert!(logs.contains("generations handed back stopped=1 drained=true"), "{logs}");
+    assert!(sim.wait_for(Duration::from_secs(2), |s| s.endpoint(Endpoint::Gemini).in_flight() == 0).await);
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let sim = simulator().await;
+    let mut env = base_env(&sim);
+    set(&mut env, "TERRACE_SHUTDOWN_GRACE", "30s");
+    let mut t = Terrace::start(&env).await;
+    // A request whose body never finishes keeps the drain waiting.
+    let mut slow = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/generations HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"addr",
+        t.token(UserId::new_random())
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // A round trip on another connection: by then the server has read the first request.
+    assert_eq!(t.http.get(t.url("/livez")).send().await.unwrap().status(), 200);
+
+    t.signal("TERM");
+    tokio::time::timeout(Duration::from_secs(3), async {
+        while !t.logs().contains("stopped accepting") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first signal did not start the drain");
+    assert!(
+        t.wait_exit(Duration::from_millis(300)).await.is_none(),
+        "the drain did not wait for the request in flight"
+    );
+    let started = Instant::now();
+    t.signal("INT");
+    let status =
+        t.wait_exit(Duration::from_secs(2)).await.expect("the second signal did not end the process");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(status.code(), Some(130));
+}
+
+#[tokio::test]
+async fn sigterm_hands_work_back_and_a_second_instance_finishes_it() {
+    let backend = postgres_or_skip!();
+    let sim = simulator().await;
+    sim.set_default(Endpoint::Gemini, Behaviour::HangBeforeHeaders);
+    let mut env = base_env(&sim);
+    backend.apply(&mut env);
+    set(&mut env, "TERRACE_LLM_IDLE_TIMEOUT", "60s");
+    set(&mut env, "TERRACE_GENERATION_TIMEOUT", "2m");
+    set(&mut env, "TERRACE_AREA_TIMEOUT", "2m");
+    let mut first = Terrace::start(&env).await;
+    let token = first.token(UserId::new_random());
+    let (status, g) =
+        first.create(&token, &[("patio", "japanese_zen"), ("backyard", "english_garden")]).await;
+    assert_eq!(status, 202, "{g}");
+    let id = g["id"].as_str().unwrap().to_owned();
+    let rid = g["request_id"].as_str().unwrap().to_owned();
+    first.wait_for(&id, &token, Duration::from_secs(5), |g| g["status"] == "processing").await;
+    assert!(sim.wait_for(Duration::from_secs(5), |s| s.endpoint(Endpoint::Gemini).in_flight() >= 2).await);
+
+    let started = Instant::now();
+    first.signal("TERM");
+    let status = first.wait_exit(Duration::from_secs(5)).await.expect("the first instance did not exit");
+    assert!(
+        status.success() && started.elapsed() < Duration::from_secs(4),
+        "{status:?} after {:?}",
+        started.elapsed()
+    );
+
+    // Google answers again; a second instance on the same database finishes the work.
+    sim.reset();
+    let second = Terrace::start(&env).await;
+    let done = second.wait_terminal(&id, &token).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", second.logs());
+    assert_eq!((done["captured"].as_u64(), done["voided"].as_u64()), (Some(2), Some(0)));
+    let account = second.account(&token).await;
+    assert_conserved(&account, 3);
+    assert_eq!(account["held"], 0);
+    // Its work logs under the request id that created the generation.
+    assert!(
+        second.logs().lines().any(|l| l.contains("generation finished") && l.contains(&rid)),
+        "{}",
+        second.logs()
+    );
+    for area in done["areas"].as_array().unwrap() {
+        let res = second
+            .http
+            .get(second.url(area["image_url"].as_str().unwrap()))
+            .header("authorization", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}
