@@ -111,7 +111,7 @@ fn init_logging(format: &LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
     match format {
         LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
+            builder.json().flatten_event(true).with_current_span(false).with_span_list(true).init()
         }
         LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init(),
     }

@@ -324,3 +324,38 @@ async fn roles_split_the_routes() {
     assert_eq!(api.get("/v1/admin/tasks", &api.admin_token()).await, (200, json!([])));
     assert_eq!(api.get("/v1/account", &token).await.0, 200);
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_on_every_line_of_the_work() {
+    let sim = simulator().await;
+    let mut env = base_env(&sim);
+    set(&mut env, "TERRACE_LOG_FORMAT", "json");
+    let t = Terrace::start(&env).await;
+    let token = t.token(UserId::new_random());
+    let res = t
+        .http
+        .post(t.url("/v1/generations"))
+        .header("authorization", &token)
+        .header("content-type", "application/json")
+        .header("x-request-id", "trace-0042")
+        .body(request(&[("patio", "japanese_zen"), ("walkway", "mediterranean")]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-0042");
+    let g: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(g["request_id"], "trace-0042");
+    let id = g["id"].as_str().unwrap();
+    t.wait_terminal(id, &token).await;
+    let logs = t.logs();
+    let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let of_work: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["generation_id"] == id)))
+        .collect();
+    assert!(of_work.len() >= 3, "{logs}");
+    for line in of_work {
+        let carries = line["spans"].as_array().unwrap().iter().any(|s| s["request_id"] == "trace-0042");
+        assert!(carries, "a line of the work lacks the request id: {line}");
+    }
+}

@@ -123,3 +123,57 @@ async fn sigterm_hands_work_back_and_a_second_instance_finishes_it() {
         assert_eq!(res.status(), 200);
     }
 }
+
+#[tokio::test]
+async fn readyz_answers_in_time_while_the_database_stalls() {
+    let Some(Backend::Postgres { url, blobs }) = Backend::postgres().await else {
+        eprintln!(
+            "TERRACE_TEST_DATABASE_URL is unset: run through `cargo xtask test` for the Postgres tests"
+        );
+        return;
+    };
+    let mut parsed = url::Url::parse(&url).unwrap();
+    let upstream = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream).await;
+    parsed.set_host(Some("127.0.0.1")).unwrap();
+    parsed.set_port(Some(proxy.addr.port())).unwrap();
+    let sim = simulator().await;
+    let mut env = base_env(&sim);
+    Backend::Postgres { url: parsed.to_string(), blobs }.apply(&mut env);
+    set(&mut env, "TERRACE_DB_ACQUIRE_TIMEOUT", "1s");
+    set(&mut env, "TERRACE_DB_CONNECT_TIMEOUT", "1s");
+    set(&mut env, "TERRACE_DB_STATEMENT_TIMEOUT", "2s");
+    set(&mut env, "TERRACE_DB_POOL_SIZE", "3");
+    let t = Terrace::start(&env).await;
+    let token = t.token(UserId::new_random());
+    assert_eq!(t.get("/v1/account", &token).await.0, 200);
+    assert_eq!(t.http.get(t.url("/readyz")).send().await.unwrap().status(), 200);
+
+    proxy.freeze(true);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let res = t.http.get(t.url("/readyz")).send().await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert!(started.elapsed() < Duration::from_millis(2200), "readyz took {:?}", started.elapsed());
+    }
+    let started = Instant::now();
+    assert_eq!(t.http.get(t.url("/livez")).send().await.unwrap().status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let started = Instant::now();
+    assert_eq!(t.http.get(t.url("/metrics")).send().await.unwrap().status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(2200), "metrics took {:?}", started.elapsed());
+    // An API call fails cleanly within its bound rather than hanging.
+    let started = Instant::now();
+    let (status, p) = t.get("/v1/generations", &token).await;
+    assert_eq!(status, 503, "{p}");
+    assert!(started.elapsed() < Duration::from_secs(7), "took {:?}", started.elapsed());
+
+    proxy.freeze(false);
+    tokio::time::timeout(Duration::from_secs(8), async {
+        while t.http.get(t.url("/readyz")).send().await.unwrap().status() != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("readyz did not recover after the database did");
+}

@@ -92,11 +92,10 @@ impl Terrace {
                 let mut lines = BufReader::new(reader).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(i) = line.find("listening on ") {
-                        let addr = line[i + "listening on ".len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .to_owned();
+                        let addr: String = line[i + "listening on ".len()..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                            .collect();
                         let _ = tx.send(addr);
                     }
                     logs.lock().unwrap().push(line);
@@ -105,7 +104,7 @@ impl Terrace {
         }
         drop(tx);
         let addr = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-            Ok(Some(a)) => a.trim_matches('"').parse().expect("a socket address"),
+            Ok(Some(a)) => a.parse().expect("a socket address"),
             _ => panic!("terrace did not start listening:\n{}", logs.lock().unwrap().join("\n")),
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
@@ -305,4 +304,63 @@ macro_rules! postgres_or_skip {
             }
         }
     };
+}
+
+/// A TCP proxy to Postgres that a test can freeze: while frozen, bytes stop
+/// flowing both ways (connections stay open), as with a stalled database.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let gate = frozen.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                conns.spawn(pump(cr, sw, gate.subscribe()));
+                conns.spawn(pump(sr, cw, gate.subscribe()));
+            }
+        });
+        Proxy { addr, frozen, task }
+    }
+
+    pub fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
