@@ -134,13 +134,42 @@ enum ByteError {
     Transport(reqwest::Error),
 }
 
-/// The response bytes, failing with [`ByteError::Idle`] when none arrive
-/// within `idle` (the timer restarts on every chunk), and counting them.
+/// The response bytes, cut at line ends, failing with [`ByteError::Idle`]
+/// after `idle` of silence, and counted as they arrive.
+///
+/// Silence is measured from the moment the socket is found empty after the
+/// last bytes (so time spent here parsing an event is not counted as the
+/// upstream's silence), and any bytes end it: a large event that keeps
+/// arriving is progress.
+///
+/// Only complete lines are passed on, so that the SSE parser, which re-reads
+/// an incomplete line from its start on every chunk, reads each byte of a
+/// multi-megabyte `data:` line once instead of once per chunk.
 struct IdleBytes {
     inner: BoxStream<'static, reqwest::Result<Bytes>>,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Bytes arrived since the timer was last armed.
+    fresh: bool,
     received: Arc<AtomicUsize>,
+    lines: LineBuffer,
+}
+
+impl IdleBytes {
+    fn new(
+        inner: BoxStream<'static, reqwest::Result<Bytes>>,
+        idle: Duration,
+        received: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            fresh: false,
+            received,
+            lines: LineBuffer::default(),
+        }
+    }
 }
 
 impl Stream for IdleBytes {
@@ -148,22 +177,67 @@ impl Stream for IdleBytes {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match this.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                let total = this.received.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
-                if total > MAX_STREAM_BYTES {
-                    return Poll::Ready(Some(Err(ByteError::TooLarge)));
+        loop {
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let total = this.received.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
+                    if total > MAX_STREAM_BYTES {
+                        return Poll::Ready(Some(Err(ByteError::TooLarge)));
+                    }
+                    this.fresh = true;
+                    if let Some(lines) = this.lines.push(&chunk) {
+                        return Poll::Ready(Some(Ok(lines)));
+                    }
                 }
-                this.timer.as_mut().reset(Instant::now() + this.idle);
-                Poll::Ready(Some(Ok(chunk)))
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(ByteError::Transport(e)))),
+                Poll::Ready(None) => return Poll::Ready(this.lines.finish().map(Ok)),
+                Poll::Pending => {
+                    if std::mem::take(&mut this.fresh) {
+                        this.timer.as_mut().reset(Instant::now() + this.idle);
+                    }
+                    return match this.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(ByteError::Idle))),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ByteError::Transport(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(ByteError::Idle))),
-                Poll::Pending => Poll::Pending,
-            },
         }
+    }
+}
+
+/// Holds back the incomplete last line of a byte stream.
+#[derive(Debug, Default)]
+struct LineBuffer {
+    buf: BytesMut,
+}
+
+impl LineBuffer {
+    /// Adds `chunk`; returns everything up to the last line end, if any.
+    /// A `\r` at the very end is held back, as a `\n` may follow it.
+    fn push(&mut self, chunk: &[u8]) -> Option<Bytes> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(chunk);
+        let len = self.buf.len();
+        // A `\r` held back last time may now end a line.
+        let from = start.saturating_sub(1);
+        let end = self.buf[from..]
+            .iter()
+            .rposition(|&b| b == b'\n' || b == b'\r')
+            .map(|i| from + i)
+            .and_then(|i| {
+                if self.buf[i] == b'\r' && i + 1 == len { self.last_end_before(from, i) } else { Some(i + 1) }
+            })?;
+        Some(self.buf.split_to(end).freeze())
+    }
+
+    /// The end of the last line strictly before `before`, searching from `from`.
+    fn last_end_before(&self, from: usize, before: usize) -> Option<usize> {
+        self.buf[from..before].iter().rposition(|&b| b == b'\n' || b == b'\r').map(|i| from + i + 1)
+    }
+
+    /// What is left at the end of the stream.
+    fn finish(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
 }
 
@@ -234,12 +308,7 @@ impl GeminiStream {
     fn new(resp: reqwest::Response, inner: Arc<Inner>, start: Instant) -> Self {
         let received = Arc::new(AtomicUsize::new(0));
         let idle = inner.idle_timeout;
-        let bytes = IdleBytes {
-            inner: resp.bytes_stream().boxed(),
-            idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
-            received: Arc::clone(&received),
-        };
+        let bytes = IdleBytes::new(resp.bytes_stream().boxed(), idle, Arc::clone(&received));
         Self {
             events: Some(bytes.eventsource().boxed()),
             received,
@@ -391,6 +460,19 @@ impl Drop for GeminiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_complete_lines_pass() {
+        let mut b = LineBuffer::default();
+        assert_eq!(b.push(b"data: {\"a\""), None);
+        assert_eq!(b.push(b": 1}\r\n\r"), Some(Bytes::from_static(b"data: {\"a\": 1}\r\n")));
+        assert_eq!(b.push(b"\n"), Some(Bytes::from_static(b"\r\n")));
+        assert_eq!(b.push(b"data: x\n\ndata: y"), Some(Bytes::from_static(b"data: x\n\n")));
+        assert_eq!(b.push(b"\r"), None);
+        assert_eq!(b.push(b"data"), Some(Bytes::from_static(b"data: y\r")));
+        assert_eq!(b.finish(), Some(Bytes::from_static(b"data")));
+        assert_eq!(b.finish(), None);
+    }
 
     #[test]
     fn the_request_body_has_google_shape() {

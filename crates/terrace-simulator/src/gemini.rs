@@ -79,15 +79,15 @@ impl Events {
 
     /// The image event padded with JSON whitespace to about `size` bytes.
     fn padded_image(&self, size: usize) -> Bytes {
-        let json = &self.image_json;
+        let json = self.image_json.as_bytes();
         let pad = size.saturating_sub(json.len() + 6 + self.separator.len());
-        let mut out = String::with_capacity(json.len() + pad + 16);
-        out.push_str("data: ");
-        out.push_str(&json[..json.len() - 1]);
-        out.extend(std::iter::repeat_n(' ', pad));
-        out.push('}');
-        out.push_str(self.separator);
-        Bytes::from(out)
+        let mut out = bytes::BytesMut::with_capacity(json.len() + pad + 16);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&json[..json.len() - 1]);
+        out.resize(out.len() + pad, b' ');
+        out.extend_from_slice(b"}");
+        out.extend_from_slice(self.separator.as_bytes());
+        out.freeze()
     }
 }
 

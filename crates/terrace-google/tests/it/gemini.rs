@@ -310,3 +310,18 @@ async fn a_stream_cut_midway_is_retryable() {
     assert!(started.elapsed() <= IDLE_TIMEOUT + MARGIN);
     assert_eq!(h.recorder.requests(), vec![(Upstream::Gemini, UpstreamOutcome::Unavailable)]);
 }
+
+#[tokio::test]
+async fn a_multi_megabyte_event_is_read_in_linear_time() {
+    // 8 MB in 16 KiB pieces: an SSE parser that re-reads its incomplete line
+    // on every piece would take minutes here.
+    let h = harness_idle(sim_config(true), Duration::from_secs(2)).await;
+    let big = Behaviour::TrickleImage { size: 8_000_000, chunk: 16 * 1024, every: Duration::ZERO };
+    h.sim.script(Endpoint::Gemini, big);
+    let started = Instant::now();
+    let out = design(&h).await;
+    assert_eq!(out.result, Some(Ok(())), "{out:?}");
+    assert_eq!(out.images.len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    h.finish().await;
+}

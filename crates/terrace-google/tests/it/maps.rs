@@ -242,9 +242,13 @@ async fn dropping_a_maps_call_abandons_its_request() {
     let h = harness().await;
     h.sim.script(Endpoint::Geocode, Behaviour::HangBeforeHeaders);
     let address = Address::parse("1600 Amphitheatre Parkway").expect("valid");
-    let call = h.client.geocode(&address);
-    // Give up well before the Maps timeout.
-    assert!(tokio::time::timeout(Duration::from_millis(100), call).await.is_err());
+    let mut call = h.client.geocode(&address);
+    // Give up once the request arrived, well before the Maps timeout.
+    tokio::select! {
+        r = &mut call => panic!("a hanging call ended: {r:?}"),
+        seen = h.sim.wait_for(MAPS_TIMEOUT / 2, |s| s.geocode.requests == 1) => assert!(seen, "no request arrived"),
+    }
+    drop(call);
     let abandoned = h.sim.wait_for(Duration::from_secs(2), |s| s.geocode.abandoned == 1).await;
     assert!(abandoned, "the simulator did not see the client go away: {:?}", h.sim.stats());
     h.finish().await;

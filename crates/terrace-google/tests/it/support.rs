@@ -74,11 +74,17 @@ pub fn config(maps: &str, gemini: &str, maps_key: &str, gemini_key: &str) -> Goo
 }
 
 pub async fn harness_with(sim: SimulatorConfig) -> Harness {
+    harness_idle(sim, IDLE_TIMEOUT).await
+}
+
+/// A harness whose Gemini silence limit is `idle`.
+pub async fn harness_idle(sim: SimulatorConfig, idle: Duration) -> Harness {
     let sim = Simulator::start(sim).await.expect("simulator starts");
     let recorder = Arc::new(Recorder::default());
     let base = sim.base_url();
-    let client = GoogleClient::new(config(&base, &base, MAPS_KEY, GEMINI_KEY), recorder.clone())
-        .expect("client builds");
+    let mut config = config(&base, &base, MAPS_KEY, GEMINI_KEY);
+    config.llm_idle_timeout = idle;
+    let client = GoogleClient::new(config, recorder.clone()).expect("client builds");
     Harness { sim, client, recorder }
 }
 
