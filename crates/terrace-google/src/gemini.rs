@@ -8,8 +8,7 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::stream::{BoxStream, Stream, StreamExt};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -43,18 +42,54 @@ const MAX_STREAM_BYTES: usize = 64 * 1024 * 1024;
 /// Largest error body read.
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 
+/// The request body, serialised straight from borrowed parts (the base64
+/// image, which can be megabytes, is built once and copied once).
 fn request_body(request: &DesignRequest) -> Vec<u8> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body<'a> {
+        contents: [RequestContent<'a>; 1],
+        generation_config: GenerationConfig,
+    }
+    #[derive(Serialize)]
+    struct RequestContent<'a> {
+        role: &'static str,
+        parts: (TextPart<'a>, DataPart<'a>),
+    }
+    #[derive(Serialize)]
+    struct TextPart<'a> {
+        text: &'a str,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct DataPart<'a> {
+        inline_data: InlineDataOut<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct InlineDataOut<'a> {
+        mime_type: &'a str,
+        data: &'a str,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct GenerationConfig {
+        response_modalities: [&'static str; 2],
+    }
+
     let data = base64::engine::general_purpose::STANDARD.encode(&request.source.bytes);
-    let body = json!({
-        "contents": [{
-            "role": "user",
-            "parts": [
-                {"text": request.prompt},
-                {"inlineData": {"mimeType": request.source.content_type, "data": data}},
-            ],
+    let body = Body {
+        contents: [RequestContent {
+            role: "user",
+            parts: (
+                TextPart { text: &request.prompt },
+                DataPart {
+                    inline_data: InlineDataOut { mime_type: &request.source.content_type, data: &data },
+                },
+            ),
         }],
-        "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
-    });
+        generation_config: GenerationConfig { response_modalities: ["TEXT", "IMAGE"] },
+    };
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
@@ -484,6 +519,7 @@ mod tests {
         assert_eq!(v["contents"][0]["parts"][0]["text"], "a zen garden");
         assert_eq!(v["contents"][0]["parts"][1]["inlineData"]["mimeType"], "image/png");
         assert_eq!(v["contents"][0]["parts"][1]["inlineData"]["data"], "cG5n");
-        assert_eq!(v["generationConfig"]["responseModalities"], json!(["TEXT", "IMAGE"]));
+        assert_eq!(v["generationConfig"]["responseModalities"], serde_json::json!(["TEXT", "IMAGE"]));
+        assert_eq!(v["contents"][0]["role"], "user");
     }
 }

@@ -4,13 +4,13 @@
 use crate::body::{SimBody, Step};
 use crate::server::{Closed, KeyCheck, pause, response};
 use crate::{Behaviour, RequestEnd, RequestGuard};
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -163,28 +163,43 @@ fn error_response(
 }
 
 #[derive(Deserialize)]
-struct GenerateRequest {
-    contents: Vec<Content>,
+struct GenerateRequest<'a> {
+    #[serde(borrow)]
+    contents: Vec<Content<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Content {
-    #[serde(default)]
-    parts: Vec<Part>,
+struct Content<'a> {
+    #[serde(default, borrow)]
+    parts: Vec<Part<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Part {
+struct Part<'a> {
     text: Option<String>,
-    #[serde(rename = "inlineData")]
-    inline_data: Option<InlineData>,
+    #[serde(rename = "inlineData", borrow)]
+    inline_data: Option<InlineData<'a>>,
 }
 
 #[derive(Deserialize)]
-struct InlineData {
+struct InlineData<'a> {
     #[serde(rename = "mimeType")]
     mime_type: String,
-    data: String,
+    /// Borrowed from the request body when it has no escapes (base64 needs none).
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+}
+
+/// The decoded length of standard, padded base64, without decoding it.
+fn base64_len(data: &str) -> Option<usize> {
+    let b = data.as_bytes();
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    let padding = b.iter().rev().take_while(|&&c| c == b'=').count();
+    let body = &b[..b.len() - padding];
+    let valid = padding <= 2 && body.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/');
+    valid.then(|| b.len() / 4 * 3 - padding)
 }
 
 /// The prompt and inline data of a request body, or why Google would refuse it.
@@ -198,10 +213,11 @@ fn parse_request(body: &[u8]) -> Result<(String, Vec<(String, usize)>), String> 
             texts.push(t.as_str());
         }
         if let Some(d) = &part.inline_data {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(&d.data)
-                .map_err(|_| "Invalid value at 'contents[0].parts[1].inline_data.data' (TYPE_BYTES), Base64 decoding failed".to_owned())?;
-            inline.push((d.mime_type.clone(), bytes.len()));
+            let len = base64_len(&d.data).ok_or_else(|| {
+                "Invalid value at 'contents[0].parts[1].inline_data.data' (TYPE_BYTES), Base64 decoding failed"
+                    .to_owned()
+            })?;
+            inline.push((d.mime_type.clone(), len));
         }
         if part.text.is_none() && part.inline_data.is_none() {
             return Err(
@@ -251,7 +267,11 @@ pub(crate) async fn answer(
         Ok(Err(_)) => return Ok(error_response(400, "Request payload size exceeds the limit.", None, guard)),
         Err(_) => return Err(Closed),
     };
-    match parse_request(&body) {
+    let parsed = parse_request(&body);
+    // Not held through the latency and the answer: under load, thousands of
+    // multi-megabyte bodies would be.
+    drop(body);
+    match parsed {
         Ok((prompt, inline)) => guard.set_request_body(prompt, inline),
         Err(msg) => return Ok(error_response(400, &msg, None, guard)),
     }
@@ -317,6 +337,7 @@ pub(crate) async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn retry_delays_read_like_protobuf_durations() {
@@ -333,6 +354,18 @@ mod tests {
         let json = text.strip_prefix("data: ").and_then(|t| t.strip_suffix("\r\n\r\n")).expect("framed");
         let v: Value = serde_json::from_str(json).expect("valid json");
         assert_eq!(v["candidates"][0]["content"]["parts"][0]["inlineData"]["data"], "aGVsbG8=");
+    }
+
+    #[test]
+    fn base64_lengths_match_decoding() {
+        for n in 0..20 {
+            let data = vec![7u8; n];
+            let text = base64::engine::general_purpose::STANDARD.encode(&data);
+            assert_eq!(base64_len(&text), Some(n), "{text}");
+        }
+        assert_eq!(base64_len("a=b="), None);
+        assert_eq!(base64_len("abc"), None);
+        assert_eq!(base64_len("a==="), None);
     }
 
     #[test]
