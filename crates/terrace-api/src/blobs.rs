@@ -1,7 +1,10 @@
 //! The blob store over `object_store`, chosen by `TERRACE_BLOB_URL`:
-//! `file:///dir` or `memory://` (this build; `gs://` and `s3://` are refused
-//! with a clear error until their features are compiled in). Every call runs
-//! under the blob timeout.
+//! `file:///dir`, `memory://`, `gs://bucket/prefix` or `s3://bucket/prefix`.
+//! Cloud credentials come from the environment as `object_store` reads them
+//! (`GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_APPLICATION_CREDENTIALS`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT`, …, or the instance's
+//! metadata service). Every call runs under the blob timeout, and the client's
+//! own retries are bounded by it too.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,13 +47,43 @@ impl ObjectBlobStore {
                     .map_err(|e| BlobUrlError(format!("cannot use {}: {e}", dir.display())))?;
                 Ok(Self::new(Arc::new(fs), Path::default(), timeout))
             }
-            "gs" | "s3" => Err(BlobUrlError(format!(
-                "{}:// blob stores are not compiled into this build; use file:// or memory://",
-                parsed.scheme()
-            ))),
-            other => {
-                Err(BlobUrlError(format!("unknown blob store scheme {other:?}; use file:// or memory://")))
+            "gs" | "s3" => {
+                let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
+                    BlobUrlError(format!("{url:?} must name a bucket: {}://bucket/prefix", parsed.scheme()))
+                })?;
+                let prefix = Path::from(parsed.path().trim_matches('/'));
+                let retry = object_store::RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: timeout,
+                    backoff: object_store::BackoffConfig::default(),
+                };
+                let client = object_store::ClientOptions::new()
+                    .with_timeout(timeout)
+                    .with_connect_timeout(timeout.min(Duration::from_secs(5)));
+                let store: Arc<dyn ObjectStore> = if parsed.scheme() == "gs" {
+                    Arc::new(
+                        object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                            .with_bucket_name(bucket)
+                            .with_retry(retry)
+                            .with_client_options(client)
+                            .build()
+                            .map_err(|e| BlobUrlError(format!("cannot use {url:?}: {e}")))?,
+                    )
+                } else {
+                    Arc::new(
+                        object_store::aws::AmazonS3Builder::from_env()
+                            .with_bucket_name(bucket)
+                            .with_retry(retry)
+                            .with_client_options(client)
+                            .build()
+                            .map_err(|e| BlobUrlError(format!("cannot use {url:?}: {e}")))?,
+                    )
+                };
+                Ok(Self::new(store, prefix, timeout))
             }
+            other => Err(BlobUrlError(format!(
+                "unknown blob store scheme {other:?}; use file://, memory://, gs:// or s3://"
+            ))),
         }
     }
 
@@ -129,10 +162,19 @@ mod tests {
     }
 
     #[test]
+    fn cloud_urls_build_a_store_under_their_prefix() {
+        // Building makes no request; nothing here reaches the network.
+        let s3 = ObjectBlobStore::from_url("s3://bucket/designs/prod", Duration::from_secs(1)).unwrap();
+        assert_eq!(s3.path("generations/g/areas/patio").as_ref(), "designs/prod/generations/g/areas/patio");
+        let gs = ObjectBlobStore::from_url("gs://bucket", Duration::from_secs(1)).unwrap();
+        assert_eq!(gs.path("generations/g/source/satellite").as_ref(), "generations/g/source/satellite");
+    }
+
+    #[test]
     fn unknown_schemes_are_refused_by_name() {
         let e = ObjectBlobStore::from_url("ftp://x", Duration::from_secs(1)).unwrap_err();
         assert!(e.0.contains("ftp"));
-        assert!(ObjectBlobStore::from_url("s3://bucket/p", Duration::from_secs(1)).is_err());
+        assert!(ObjectBlobStore::from_url("s3:///no-bucket", Duration::from_secs(1)).is_err());
         assert_eq!(sniff_content_type(&[0xff, 0xd8, 0xff, 0xe0]), "image/jpeg");
     }
 }

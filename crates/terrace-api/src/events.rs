@@ -129,7 +129,7 @@ pub(crate) fn stream(
         notes: Some(state.0.store.notifications()),
         poll,
         keepalive,
-        closes: Box::pin(sleep(cfg.generation_timeout + std::time::Duration::from_secs(60))),
+        closes: Box::pin(sleep(cfg.generation_timeout + cfg.event_stream_slack)),
         shutdown: Box::pin(state.0.shutdown.clone().cancelled_owned()),
         _active: Active::new(state.0.metrics.event_streams()),
         _permit: permit,

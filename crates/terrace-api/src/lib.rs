@@ -87,6 +87,9 @@ pub struct ApiConfig {
     pub keepalive_interval: Duration,
     /// How often an event stream re-reads its generation when no notification came.
     pub event_poll_interval: Duration,
+    /// An event stream closes itself at the latest after the generation
+    /// timeout plus this (CONTRACT §5: one minute).
+    pub event_stream_slack: Duration,
 }
 
 impl ApiConfig {
@@ -111,6 +114,7 @@ impl ApiConfig {
             max_event_streams: 1024,
             keepalive_interval: Duration::from_secs(15),
             event_poll_interval: Duration::from_secs(2),
+            event_stream_slack: Duration::from_secs(60),
         }
     }
 }

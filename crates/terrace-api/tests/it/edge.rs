@@ -188,3 +188,17 @@ async fn in_flight_requests_finish_when_the_server_drains() {
     let status = tokio::time::timeout(Duration::from_secs(4), slow).await.unwrap().unwrap().unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn idle_kept_alive_connections_are_closed_after_the_header_timeout() {
+    let app = App::start(|c| c.header_read_timeout = Duration::from_millis(300)).await;
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now idle: the next request's headers never come.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle kept-alive connection stayed open");
+}

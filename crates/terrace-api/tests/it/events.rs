@@ -99,3 +99,35 @@ async fn the_event_stream_is_only_for_the_owner_and_ends_on_shutdown() {
             .await;
     assert!(end.is_ok(), "the stream outlived the shutdown");
 }
+
+#[tokio::test]
+async fn an_event_stream_closes_itself_after_the_generation_timeout_plus_slack() {
+    let app = App::start(|c| {
+        c.generation_timeout = Duration::from_millis(200);
+        c.event_stream_slack = Duration::from_millis(200);
+        c.keepalive_interval = Duration::from_millis(50);
+    })
+    .await;
+    let user = UserId::new_random();
+    let g = app.create(user).await;
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/generations/{}/events", g["id"].as_str().unwrap())))
+        .header("authorization", app.token(user))
+        .send()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut body = res.bytes_stream();
+    let mut seen = String::new();
+    // Nobody works on it, so it never ends by itself: the stream must.
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(chunk)) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its bound: {seen}");
+    assert!(started.elapsed() >= Duration::from_millis(350), "closed early after {:?}", started.elapsed());
+    assert!(seen.contains(": keepalive") && seen.starts_with("event: generation"), "{seen}");
+}

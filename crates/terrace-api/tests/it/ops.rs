@@ -77,3 +77,16 @@ async fn admin_tasks_lists_the_work_and_needs_an_admin() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "[]");
 }
+
+#[tokio::test]
+async fn readyz_turns_503_at_once_when_draining() {
+    use tower::ServiceExt;
+    let app = App::start(|_| {}).await;
+    let ask = || axum::http::Request::get("/readyz").body(axum::body::Body::empty()).unwrap();
+    assert_eq!(app.router.clone().oneshot(ask()).await.unwrap().status(), 200);
+    app.shutdown.cancel();
+    let res = app.router.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], br#"{"status":"draining"}"#);
+}

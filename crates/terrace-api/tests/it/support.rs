@@ -166,6 +166,8 @@ pub struct App {
     pub server: tokio::task::JoinHandle<terrace_api::Drained>,
     pub http: reqwest::Client,
     pub jwt: Jwt,
+    /// The same router the server serves, for calls without a socket.
+    pub router: axum::Router,
 }
 
 impl App {
@@ -198,9 +200,10 @@ impl App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let options = ServeOptions { header_read_timeout, grace: Duration::from_secs(3) };
-        let server = tokio::spawn(terrace_api::serve(listener, api.router(), options, shutdown.clone()));
+        let router = api.router();
+        let server = tokio::spawn(terrace_api::serve(listener, router.clone(), options, shutdown.clone()));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
-        App { addr, store, shutdown, server, http, jwt }
+        App { addr, store, shutdown, server, http, jwt, router }
     }
 
     pub fn url(&self, path: &str) -> String {
