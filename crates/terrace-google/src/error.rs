@@ -15,6 +15,8 @@ pub enum ConfigError {
     InvalidModel,
     #[error("{which} is empty")]
     EmptyKey { which: &'static str },
+    #[error("{which} has characters no API key has")]
+    InvalidKey { which: &'static str },
     #[error("{which} must be greater than zero")]
     ZeroTimeout { which: &'static str },
     #[error("could not build the HTTP client: {0}")]

@@ -116,10 +116,13 @@ impl Inner {
     /// Sends the request and waits for successful response headers, within
     /// the connect timeout and the silence limit.
     async fn open(&self, request: &DesignRequest) -> Result<reqwest::Response, UpstreamError> {
+        let mut key = reqwest::header::HeaderValue::from_str(self.gemini_key.expose())
+            .map_err(|_| UpstreamError::rejected("the Gemini API key is not a valid header value"))?;
+        key.set_sensitive(true);
         let send = self
             .http
             .post(self.gemini_url.clone())
-            .header("x-goog-api-key", self.gemini_key.expose())
+            .header("x-goog-api-key", key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .body(request_body(request))
@@ -323,7 +326,8 @@ struct PromptFeedback {
 type Events = BoxStream<'static, Result<Event, EventStreamError<ByteError>>>;
 
 /// The design stream: SSE events turned into [`DesignEvent`]s, plus
-/// `Progress` while a large event is still arriving. Ends after the first
+/// `Progress` while a large event is still arriving (its `received_bytes` is
+/// the stream's total so far). Ends after the first
 /// error. Dropping it drops the response body, which closes the connection.
 struct GeminiStream {
     events: Option<Events>,

@@ -125,6 +125,9 @@ impl GoogleClient {
             if key.0.trim().is_empty() {
                 return Err(ConfigError::EmptyKey { which });
             }
+            if !key.0.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::InvalidKey { which });
+            }
         }
         let model = config.gemini_model.trim();
         if model.is_empty() || !model.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
@@ -249,6 +252,12 @@ mod tests {
         let mut c = config();
         c.gemini_model = "../admin".into();
         assert_eq!(GoogleClient::new(c, observer.clone()).unwrap_err(), ConfigError::InvalidModel);
+        let mut c = config();
+        c.maps_api_key = ApiKey::new("abc\ndef");
+        assert_eq!(
+            GoogleClient::new(c, observer.clone()).unwrap_err(),
+            ConfigError::InvalidKey { which: "maps_api_key" }
+        );
         let mut c = config();
         c.gemini_api_key = ApiKey::new(" ");
         assert_eq!(
