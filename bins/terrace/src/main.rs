@@ -192,6 +192,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let observer: Arc<dyn Observer> = metrics.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
+    // A bad blob URL is a configuration error: found before anything connects.
+    let blobs: Arc<dyn BlobStore> =
+        Arc::new(ObjectBlobStore::from_url(&cfg.blob_url, cfg.policies.blob_timeout).unwrap_or_else(|e| {
+            config_exit(&ConfigError { var: "TERRACE_BLOB_URL", message: e.to_string() })
+        }));
+    info!(blob_url = %cfg.blob_url, "blob store ready");
+
     // The store: Postgres, or memory in dev mode.
     let store = match &cfg.database_url {
         Some(url) => {
@@ -208,11 +215,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             Store::Memory(terrace_memory::MemoryStore::new(clock.clone()))
         }
     };
-    let blobs: Arc<dyn BlobStore> =
-        Arc::new(ObjectBlobStore::from_url(&cfg.blob_url, cfg.policies.blob_timeout).unwrap_or_else(|e| {
-            config_exit(&ConfigError { var: "TERRACE_BLOB_URL", message: e.to_string() })
-        }));
-    info!(blob_url = %cfg.blob_url, "blob store ready");
 
     // Google, or the simulator on loopback.
     let (simulator, google) = match &cfg.google {

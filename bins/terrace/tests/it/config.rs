@@ -19,6 +19,16 @@ async fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
         (vec![("GOOGLE_MAPS_API_KEY", "k")], "GEMINI_API_KEY"),
         (vec![("DATABASE_URL", "postgres://127.0.0.1:1/x")], "TERRACE_BLOB_URL"),
         (vec![("TERRACE_BLOB_URL", "ftp://x")], "TERRACE_BLOB_URL"),
+        (
+            vec![
+                ("DATABASE_URL", "postgres://127.0.0.1:1/x"),
+                ("TERRACE_BLOB_URL", "s3://"),
+                ("TERRACE_JWT_SECRET", SECRET),
+            ],
+            "TERRACE_BLOB_URL",
+        ),
+        (vec![("DATABASE_URL", "mysql://x/y")], "DATABASE_URL"),
+        (vec![("TERRACE_JWT_SECRET", "short")], "TERRACE_JWT_SECRET"),
     ] {
         let mut e = env(&pairs);
         set(
