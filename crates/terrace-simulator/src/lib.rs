@@ -403,7 +403,6 @@ impl Drop for RequestGuard {
 }
 
 /// A running simulator. See the crate documentation.
-#[derive(Debug)]
 pub struct Simulator {
     addr: SocketAddr,
     state: Arc<State>,
@@ -508,6 +507,12 @@ impl Simulator {
         self.cancel.cancel();
         self.tracker.close();
         tokio::time::timeout(self.shutdown_timeout, self.tracker.wait()).await.is_ok()
+    }
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
