@@ -9,9 +9,10 @@ use terrace_simulator::{Behaviour, Endpoint, Simulator};
 /// (name, area, endpoint, behaviour, persistent?, expected code)
 type Scenario = (&'static str, &'static str, Endpoint, Behaviour, bool, &'static str);
 
-async fn check(scenarios: Vec<Scenario>, tune: &[(&str, &str)]) {
+async fn check(backend: Backend, scenarios: Vec<Scenario>, tune: &[(&str, &str)]) {
     let sim: Simulator = simulator().await;
     let mut env = base_env(&sim);
+    backend.apply(&mut env);
     for (k, v) in tune {
         set(&mut env, k, v);
     }
@@ -44,78 +45,77 @@ async fn check(scenarios: Vec<Scenario>, tune: &[(&str, &str)]) {
     assert!(failures.is_empty(), "{}\n\nlogs:\n{}", failures.join("\n"), t.logs());
 }
 
+fn permanent_faults() -> Vec<Scenario> {
+    vec![
+        (
+            "geocode ZERO_RESULTS",
+            "patio",
+            Endpoint::Geocode,
+            Behaviour::zero_results(),
+            false,
+            "address_not_found",
+        ),
+        (
+            "geocode REQUEST_DENIED",
+            "patio",
+            Endpoint::Geocode,
+            Behaviour::MapsStatus { status: "REQUEST_DENIED".into() },
+            false,
+            "upstream_rejected",
+        ),
+        (
+            "no satellite image",
+            "backyard",
+            Endpoint::StaticMap,
+            Behaviour::MapsStatus { status: "ZERO_RESULTS".into() },
+            true,
+            "imagery_unavailable",
+        ),
+        (
+            "blocked finish",
+            "patio",
+            Endpoint::Gemini,
+            Behaviour::BlockedFinish { reason: "IMAGE_SAFETY".into() },
+            false,
+            "content_blocked",
+        ),
+        (
+            "blocked prompt",
+            "patio",
+            Endpoint::Gemini,
+            Behaviour::BlockedPrompt { reason: "SAFETY".into() },
+            false,
+            "content_blocked",
+        ),
+        ("no image", "patio", Endpoint::Gemini, Behaviour::NoImage, false, "no_image"),
+        ("gemini 400", "patio", Endpoint::Gemini, Behaviour::status(400), false, "upstream_rejected"),
+        ("gemini 503", "patio", Endpoint::Gemini, Behaviour::status(503), true, "upstream_unavailable"),
+        ("gemini reset", "patio", Endpoint::Gemini, Behaviour::ConnectionReset, true, "upstream_unavailable"),
+        (
+            "geocode OVER_QUERY_LIMIT",
+            "patio",
+            Endpoint::Geocode,
+            Behaviour::over_query_limit(),
+            true,
+            "upstream_unavailable",
+        ),
+    ]
+}
+
 #[tokio::test]
-async fn permanent_faults_end_the_area_with_their_code() {
-    check(
-        vec![
-            (
-                "geocode ZERO_RESULTS",
-                "patio",
-                Endpoint::Geocode,
-                Behaviour::zero_results(),
-                false,
-                "address_not_found",
-            ),
-            (
-                "geocode REQUEST_DENIED",
-                "patio",
-                Endpoint::Geocode,
-                Behaviour::MapsStatus { status: "REQUEST_DENIED".into() },
-                false,
-                "upstream_rejected",
-            ),
-            (
-                "no satellite image",
-                "backyard",
-                Endpoint::StaticMap,
-                Behaviour::MapsStatus { status: "ZERO_RESULTS".into() },
-                true,
-                "imagery_unavailable",
-            ),
-            (
-                "blocked finish",
-                "patio",
-                Endpoint::Gemini,
-                Behaviour::BlockedFinish { reason: "IMAGE_SAFETY".into() },
-                false,
-                "content_blocked",
-            ),
-            (
-                "blocked prompt",
-                "patio",
-                Endpoint::Gemini,
-                Behaviour::BlockedPrompt { reason: "SAFETY".into() },
-                false,
-                "content_blocked",
-            ),
-            ("no image", "patio", Endpoint::Gemini, Behaviour::NoImage, false, "no_image"),
-            ("gemini 400", "patio", Endpoint::Gemini, Behaviour::status(400), false, "upstream_rejected"),
-            ("gemini 503", "patio", Endpoint::Gemini, Behaviour::status(503), true, "upstream_unavailable"),
-            (
-                "gemini reset",
-                "patio",
-                Endpoint::Gemini,
-                Behaviour::ConnectionReset,
-                true,
-                "upstream_unavailable",
-            ),
-            (
-                "geocode OVER_QUERY_LIMIT",
-                "patio",
-                Endpoint::Geocode,
-                Behaviour::over_query_limit(),
-                true,
-                "upstream_unavailable",
-            ),
-        ],
-        &[],
-    )
-    .await;
+async fn permanent_faults_end_the_area_with_their_code_in_memory() {
+    check(Backend::Memory, permanent_faults(), &[]).await;
+}
+
+#[tokio::test]
+async fn permanent_faults_end_the_area_with_their_code_on_postgres() {
+    check(crate::postgres_or_skip!(), permanent_faults(), &[]).await;
 }
 
 #[tokio::test]
 async fn silent_upstreams_end_the_area_with_a_timeout() {
     check(
+        Backend::Memory,
         vec![
             (
                 "geocode hangs",

@@ -97,11 +97,11 @@ async fn two_areas_complete_and_their_images_download_on_postgres() {
     happy_path(postgres_or_skip!()).await;
 }
 
-#[tokio::test]
-async fn cancel_ends_unfinished_areas_and_voids_their_holds() {
+async fn cancel_flow(backend: Backend) {
     let sim = simulator().await;
     sim.set_default(Endpoint::Gemini, Behaviour::HangBeforeHeaders);
     let mut env = base_env(&sim);
+    backend.apply(&mut env);
     set(&mut env, "TERRACE_LLM_IDLE_TIMEOUT", "30s");
     let t = Terrace::start(&env).await;
     let user = UserId::new_random();
@@ -150,9 +150,20 @@ async fn cancel_ends_unfinished_areas_and_voids_their_holds() {
 }
 
 #[tokio::test]
-async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() {
+async fn cancel_ends_unfinished_areas_and_voids_their_holds_in_memory() {
+    cancel_flow(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn cancel_ends_unfinished_areas_and_voids_their_holds_on_postgres() {
+    cancel_flow(postgres_or_skip!()).await;
+}
+
+async fn idempotency_flow(backend: Backend) {
     let sim = simulator().await;
-    let t = Terrace::start(&base_env(&sim)).await;
+    let mut env = base_env(&sim);
+    backend.apply(&mut env);
+    let t = Terrace::start(&env).await;
     let token = t.token(UserId::new_random());
     let body = request(&[("walkway", "english_garden")]);
     let first = t.post("/v1/generations", &token, &body, Some("order-42")).await;
@@ -180,6 +191,16 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() 
     let (status, _, _) =
         t.post("/v1/generations", &t.token(UserId::new_random()), &body, Some("order-42")).await;
     assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body_in_memory() {
+    idempotency_flow(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body_on_postgres() {
+    idempotency_flow(postgres_or_skip!()).await;
 }
 
 async fn thirty_creates_on_five_credits(backend: Backend) {
