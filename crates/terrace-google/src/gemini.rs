@@ -203,7 +203,8 @@ impl IdleBytes {
             inner,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
-            fresh: false,
+            // Armed at the first wait, not when the headers arrived.
+            fresh: true,
             received,
             lines: LineBuffer::default(),
         }
