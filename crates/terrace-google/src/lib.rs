@@ -13,7 +13,11 @@
 //! - Gemini: [`GoogleConfig::llm_connect_timeout`] on the connect →
 //!   `Timeout { kind: Connect }`; [`GoogleConfig::llm_idle_timeout`] on the
 //!   silence before the response headers and between any two chunks of bytes
-//!   → `Timeout { kind: Idle }`. A large event that keeps arriving is progress.
+//!   → `Timeout { kind: Idle }`. A large event that keeps arriving is progress,
+//!   and the stream says so with `DesignEvent::Progress`.
+//!
+//! Only this crate knows Google's wire format: paths, query parameters, JSON
+//! shapes, statuses and the event stream. `docs/GOOGLE.md` is the mapping.
 //!
 //! API keys are held in [`ApiKey`], whose `Debug` and `Display` print `***`;
 //! no error, log line or metric label carries a key or a request URL.
