@@ -322,21 +322,24 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         std::process::exit(130);
     });
 
+    // The drain gets most of the grace; the rest is for closing the pool and
+    // the simulator, so the process is gone within the grace.
     let grace = cfg.policies.shutdown_grace;
-    let options = ServeOptions { header_read_timeout: cfg.header_read_timeout, grace };
+    let drain = grace - (grace / 5).min(Duration::from_secs(2));
+    let options = ServeOptions { header_read_timeout: cfg.header_read_timeout, grace: drain };
     let server = tokio::spawn(terrace_api::serve(listener, api.router(), options, shutdown.clone()));
     shutdown.cancelled().await;
 
     // Drain: the server stops accepting and finishes in-flight requests while
-    // the engine hands its running generations back; both within the grace.
-    let deadline = tokio::time::Instant::now() + grace;
+    // the engine hands its running generations back.
+    let began = tokio::time::Instant::now();
     let engine_drain = async {
         match &engine {
-            Some(e) => Some(e.shutdown(grace).await),
+            Some(e) => Some(e.shutdown(drain).await),
             None => None,
         }
     };
-    let (served, report) = tokio::join!(tokio::time::timeout_at(deadline, server), engine_drain);
+    let (served, report) = tokio::join!(tokio::time::timeout_at(began + drain, server), engine_drain);
     match served {
         Ok(Ok(d)) if d.clean => info!("connections drained"),
         Ok(Ok(_)) => warn!("some connections were still open when the grace period ended"),
@@ -346,9 +349,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(r) = report {
         info!(stopped = r.stopped, drained = r.drained, "generations handed back");
     }
-    store.close().await;
+    if tokio::time::timeout_at(began + grace, store.close()).await.is_err() {
+        warn!("the store did not close within the grace period");
+    }
     if let Some(sim) = simulator {
-        let _ = tokio::time::timeout(Duration::from_secs(2), sim.shutdown()).await;
+        let _ = tokio::time::timeout_at(began + grace, sim.shutdown()).await;
     }
     info!("stopped");
     Ok(())

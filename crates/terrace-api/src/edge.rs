@@ -31,7 +31,7 @@ pub async fn request_id(req: Request, next: Next) -> Response {
     let id = request_id_of(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let span = tracing::info_span!("request", request_id = %id, %method, path = %path);
     let started = Instant::now();
     let mut req = req;
     req.extensions_mut().insert(id.clone());
@@ -39,12 +39,14 @@ pub async fn request_id(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         res.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    let (status, elapsed_ms) = (res.status().as_u16(), started.elapsed().as_millis() as u64);
     span.in_scope(|| {
-        tracing::info!(
-            status = res.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        );
+        // Probes and scrapes are frequent: they log at debug.
+        if matches!(path.as_str(), "/livez" | "/readyz" | "/metrics") && status < 500 {
+            tracing::debug!(status, elapsed_ms, "answered");
+        } else {
+            tracing::info!(status, elapsed_ms, "answered");
+        }
     });
     res
 }
