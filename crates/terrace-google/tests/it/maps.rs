@@ -253,3 +253,40 @@ async fn dropping_a_maps_call_abandons_its_request() {
     assert!(abandoned, "the simulator did not see the client go away: {:?}", h.sim.stats());
     h.finish().await;
 }
+
+/// Collects what tracing writes.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn nothing_logged_carries_a_key() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = harness().await;
+    h.sim.script(Endpoint::Geocode, status("REQUEST_DENIED"));
+    h.sim.script(Endpoint::StaticMap, Behaviour::HangBeforeHeaders);
+    let address = Address::parse("1600 Amphitheatre Parkway").expect("valid");
+    let _ = h.client.geocode(&address).await;
+    let _ = h.client.geocode(&address).await;
+    let _ = h.client.satellite(at()).await;
+    let _ = h.client.street_view(at(), 90).await;
+    h.finish().await;
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).expect("utf8");
+    assert!(logs.contains("google request ended"), "nothing was logged: {logs}");
+    assert_no_key(&logs);
+}
