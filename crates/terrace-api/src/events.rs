@@ -109,10 +109,12 @@ async fn next_note(notes: &mut Option<BoxStream<'static, Notification>>) -> Opti
     }
 }
 
-/// The body of an event stream for `g`, which the caller may see.
+/// The body of an event stream for `g`, which the caller may see. `notes`
+/// was subscribed before `g` was read, so no change falls between them.
 pub(crate) fn stream(
     state: AppState,
     g: Generation,
+    notes: BoxStream<'static, Notification>,
     permit: OwnedSemaphorePermit,
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let cfg = &state.0.cfg;
@@ -126,7 +128,7 @@ pub(crate) fn stream(
         first: Some(g),
         last: None,
         done: false,
-        notes: Some(state.0.store.notifications()),
+        notes: Some(notes),
         poll,
         keepalive,
         closes: Box::pin(sleep(cfg.generation_timeout + cfg.event_stream_slack)),

@@ -113,7 +113,7 @@ impl ApiConfig {
             max_requests: 512,
             max_event_streams: 1024,
             keepalive_interval: Duration::from_secs(15),
-            event_poll_interval: Duration::from_secs(2),
+            event_poll_interval: Duration::from_secs(5),
             event_stream_slack: Duration::from_secs(60),
         }
     }

@@ -422,8 +422,9 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let permit = s.0.streams.clone().try_acquire_owned().map_err(|_| Problem::overloaded())?;
+    let notes = s.0.store.notifications();
     let g = s.visible(c, &id).await?;
-    let body = Body::from_stream(events::stream(s.clone(), g, permit));
+    let body = Body::from_stream(events::stream(s.clone(), g, notes, permit));
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
