@@ -380,3 +380,44 @@ async fn json_logs_carry_the_request_id_on_every_line_of_the_work() {
         assert!(carries, "a line of the work lacks the request id: {line}");
     }
 }
+
+#[tokio::test]
+async fn api_and_worker_instances_scale_apart_on_one_postgres() {
+    let backend = postgres_or_skip!();
+    let sim = simulator().await;
+    let mut env = base_env(&sim);
+    backend.apply(&mut env);
+    set(&mut env, "TERRACE_LLM_IDLE_TIMEOUT", "30s");
+    set(&mut env, "TERRACE_ROLE", "worker");
+    let worker = Terrace::start(&env).await;
+    set(&mut env, "TERRACE_ROLE", "api");
+    let api = Terrace::start(&env).await;
+    let token = api.token(UserId::new_random());
+
+    // Created on the api instance, run by the worker, images served by the api instance.
+    let (status, g) = api.create(&token, &[("backyard", "desert_landscape")]).await;
+    assert_eq!(status, 202);
+    let done = api.wait_terminal(g["id"].as_str().unwrap(), &token).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", worker.logs());
+    let image = done["areas"][0]["image_url"].as_str().unwrap();
+    assert_eq!(
+        api.http.get(api.url(image)).header("authorization", &token).send().await.unwrap().status(),
+        200
+    );
+    assert!(worker.logs().contains(done["request_id"].as_str().unwrap()));
+
+    // A cancel sent to the api instance stops the work on the worker.
+    sim.set_default(Endpoint::Gemini, Behaviour::HangBeforeHeaders);
+    let (_, g) = api.create(&token, &[("patio", "japanese_zen")]).await;
+    let id = g["id"].as_str().unwrap().to_owned();
+    api.wait_for(&id, &token, Duration::from_secs(5), |g| g["areas"][0]["stage"] == "generating_design")
+        .await;
+    let (status, _, g) = api.post(&format!("/v1/generations/{id}/cancel"), &token, &json!({}), None).await;
+    assert_eq!((status, g["status"].as_str()), (202, Some("cancelled")));
+    let stopped =
+        sim.wait_for(Duration::from_secs(5), |s| s.endpoint(Endpoint::Gemini).in_flight() == 0).await;
+    assert!(stopped, "the worker kept waiting on Gemini after the cancel\n{}", worker.logs());
+    let account = api.account(&token).await;
+    assert_eq!((account["held"].as_u64(), account["captured"].as_u64()), (Some(0), Some(1)));
+    assert_conserved(&account, 3);
+}
