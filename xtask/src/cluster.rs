@@ -150,7 +150,8 @@ pub fn server_env(pg: &TestPostgres, sim: &Proc, extra: &[(&str, &str)]) -> Vec<
         ("GEMINI_API_KEY", GEMINI_KEY.to_owned()),
         ("TERRACE_MAPS_BASE_URL", sim.url()),
         ("TERRACE_GEMINI_BASE_URL", sim.url()),
-        ("RUST_LOG", "warn".to_owned()),
+        // `listening on` is an info line of the binary.
+        ("RUST_LOG", "warn,terrace=info".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -196,6 +196,15 @@ impl Drop for Conn {
     }
 }
 
+/// The driver's text, with the server's own message and SQLSTATE when there
+/// is one ("db error" alone explains nothing in a log).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// Translates a driver error into the store's taxonomy.
 pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(code) = e.code() {
@@ -212,9 +221,9 @@ pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
             return StoreError::Busy;
         }
         if code.code().starts_with("08") || code.code().starts_with("57P") || code.code().starts_with("53") {
-            return StoreError::Unavailable { detail: e.to_string() };
+            return StoreError::Unavailable { detail: describe(&e) };
         }
-        return StoreError::Internal { detail: e.to_string() };
+        return StoreError::Internal { detail: describe(&e) };
     }
     if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
         return StoreError::Unavailable { detail: e.to_string() };
