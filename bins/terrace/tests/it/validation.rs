@@ -133,10 +133,11 @@ async fn bad_create_requests_are_4xx_and_hold_nothing() {
     assert_eq!(list["items"], json!([]));
 }
 
-#[tokio::test]
-async fn bad_queries_paths_and_grants_are_4xx() {
+async fn bad_queries_paths_and_grants(backend: Backend) {
     let sim = simulator().await;
-    let t = Terrace::start(&base_env(&sim)).await;
+    let mut env = base_env(&sim);
+    backend.apply(&mut env);
+    let t = Terrace::start(&env).await;
     let token = t.token(UserId::new_random());
     for (path, field) in [
         ("/v1/generations?limit=0", "limit"),
@@ -188,4 +189,14 @@ async fn bad_queries_paths_and_grants_are_4xx() {
         assert_eq!(status, 400, "{body}: {p}");
         assert!(p["errors"][0]["field"].as_str().unwrap().starts_with(field), "{body}: {p}");
     }
+}
+
+#[tokio::test]
+async fn bad_queries_paths_and_grants_are_4xx_in_memory() {
+    bad_queries_paths_and_grants(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn bad_queries_paths_and_grants_are_4xx_on_postgres() {
+    bad_queries_paths_and_grants(crate::postgres_or_skip!()).await;
 }
