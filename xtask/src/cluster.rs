@@ -163,6 +163,20 @@ pub fn server_env(pg: &TestPostgres, sim: &Proc, extra: &[(&str, &str)]) -> Vec<
     env
 }
 
+/// Applies the migrations with `terrace migrate`, as an operator would.
+pub fn migrate(bin: &Path, env: &[(String, String)]) -> Result<()> {
+    let status = Command::new(bin.join("terrace"))
+        .arg("migrate")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .status()
+        .context("running terrace migrate")?;
+    if !status.success() {
+        bail!("terrace migrate failed ({status})");
+    }
+    Ok(())
+}
+
 /// Starts one Terrace instance.
 pub fn server(bin: &Path, dir: &Path, name: &str, env: &[(String, String)]) -> Result<Proc> {
     Proc::start(name, &bin.join("terrace"), &["serve"], env, dir.join(format!("{name}.log")))

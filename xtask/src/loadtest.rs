@@ -99,6 +99,7 @@ pub fn run(args: &[String]) -> Result<()> {
             ("TERRACE_LLM_IDLE_TIMEOUT", "120s"),
         ],
     );
+    cluster::migrate(&bin, &env)?;
     let server = cluster::server(&bin, &o.out, "terrace", &env)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(drive(&o, &sim, &server))?;
