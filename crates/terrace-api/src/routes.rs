@@ -151,9 +151,8 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
 
 async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
+        let too_large =
+            std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if too_large {
             Problem::payload_too_large(limit)
         } else {
