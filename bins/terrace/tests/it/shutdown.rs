@@ -1,5 +1,7 @@
 //! SIGTERM: stop accepting, finish or hand back work, exit within the grace
 //! period; a second signal exits at once; another instance finishes the work.
+//! And the edge that keeps clients from hanging the server: readiness while
+//! the database stalls, header and request timeouts, load shedding.
 
 use crate::postgres_or_skip;
 use crate::support::*;
@@ -39,12 +41,7 @@ async fn a_second_signal_exits_at_once() {
     set(&mut env, "TERRACE_SHUTDOWN_GRACE", "30s");
     let mut t = Terrace::start(&env).await;
     // A request whose body never finishes keeps the drain waiting.
-    let mut slow = tokio::net::TcpStream::connect(t.addr).await.unwrap();
-    let head = format!(
-        "POST /v1/generations HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"addr",
-        t.token(UserId::new_random())
-    );
-    slow.write_all(head.as_bytes()).await.unwrap();
+    let _slow = stalled_post(&t).await;
     // A round trip on another connection: by then the server has read the first request.
     assert_eq!(t.http.get(t.url("/livez")).send().await.unwrap().status(), 200);
 
@@ -176,4 +173,57 @@ async fn readyz_answers_in_time_while_the_database_stalls() {
     })
     .await
     .expect("readyz did not recover after the database did");
+}
+
+/// Sends the head of a POST whose body never completes; returns the connection.
+async fn stalled_post(t: &Terrace) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/generations HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"addr",
+        t.token(UserId::new_random())
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn the_edge_limits_come_from_the_environment() {
+    use tokio::io::AsyncReadExt;
+    let sim = simulator().await;
+    let mut env = base_env(&sim);
+    set(&mut env, "TERRACE_HEADER_READ_TIMEOUT", "300ms");
+    set(&mut env, "TERRACE_REQUEST_TIMEOUT", "700ms");
+    set(&mut env, "TERRACE_MAX_CONCURRENT_REQUESTS", "1");
+    let t = Terrace::start(&env).await;
+    let token = t.token(UserId::new_random());
+
+    // Headers that never finish: the connection is closed.
+    let mut partial = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    partial.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), partial.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a connection with unfinished headers stayed open");
+
+    // A request whose body stalls holds the only slot: the next is shed...
+    let mut slow = stalled_post(&t).await;
+    let shed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let (status, p) = t.get("/v1/account", &token).await;
+            if status == 503 {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("nothing was shed");
+    assert_eq!(shed["code"], "overloaded");
+    // ...and the stalled request itself ends with 503 timeout.
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+    // The slot is free again.
+    assert_eq!(t.get("/v1/account", &token).await.0, 200);
 }
