@@ -1,4 +1,5 @@
-//! The edge every request passes: its request id, the access log line, the
+//! The edge every request passes: its request id, the access log line, a
+//! 500 instead of a dropped connection when a handler panics, the
 //! concurrency limit that sheds load with 503, the body limit and the request
 //! timeout.
 
@@ -7,6 +8,7 @@ use crate::problem::{Problem, REQUEST_ID};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
 use http::{HeaderValue, header};
 use std::time::Instant;
 use terrace_domain::RequestId;
@@ -35,7 +37,16 @@ pub async fn request_id(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut req = req;
     req.extensions_mut().insert(id.clone());
-    let mut res = REQUEST_ID.scope(id.to_string(), next.run(req)).instrument(span.clone()).await;
+    let answer = REQUEST_ID.scope(id.to_string(), next.run(req)).instrument(span.clone());
+    // A panic in a handler is a bug; the client still gets a problem, and the
+    // connection and the server live on.
+    let mut res = match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(res) => res,
+        Err(_) => {
+            span.in_scope(|| tracing::error!("the handler panicked"));
+            REQUEST_ID.sync_scope(id.to_string(), || Problem::internal().into_response())
+        }
+    };
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         res.headers_mut().insert(REQUEST_ID_HEADER, v);
     }

@@ -202,3 +202,43 @@ async fn idle_kept_alive_connections_are_closed_after_the_header_timeout() {
     let closed = tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "an idle kept-alive connection stayed open");
 }
+
+#[tokio::test]
+async fn a_panic_below_a_handler_is_a_500_problem_and_the_server_lives_on() {
+    let app = App::start(|_| {}).await;
+    let user = UserId::new_random();
+    assert_eq!(
+        app.http
+            .get(app.url("/v1/account"))
+            .header("authorization", app.token(user))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.store.panics.store(true, std::sync::atomic::Ordering::SeqCst);
+    let res = app
+        .http
+        .get(app.url("/v1/generations"))
+        .header("authorization", app.token(user))
+        .header("x-request-id", "boom-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(res.headers()["x-request-id"], "boom-1");
+    let body: serde_json::Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!((body["code"].as_str(), body["request_id"].as_str()), (Some("internal"), Some("boom-1")));
+    app.store.panics.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        app.http
+            .get(app.url("/v1/generations"))
+            .header("authorization", app.token(user))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -15,11 +15,16 @@ use tokio_util::sync::CancellationToken;
 pub struct Stall {
     pub inner: MemoryStore,
     pub stalled: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Every call panics (a bug somewhere below the API).
+    pub panics: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Stall {
     /// Waits while the store is stalled.
     async fn gate(&self) {
+        if self.panics.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("the store was told to panic");
+        }
         let mut rx = self.stalled.subscribe();
         let _ = rx.wait_for(|stalled| !*stalled).await;
     }
@@ -173,7 +178,11 @@ pub struct App {
 impl App {
     pub async fn start(tune: impl FnOnce(&mut ApiConfig)) -> App {
         let inner = MemoryStore::new(Arc::new(SystemClock));
-        let store = Stall { inner: inner.clone(), stalled: Arc::new(tokio::sync::watch::channel(false).0) };
+        let store = Stall {
+            inner: inner.clone(),
+            stalled: Arc::new(tokio::sync::watch::channel(false).0),
+            panics: Arc::default(),
+        };
         let mut cfg = ApiConfig::new(
             3,
             Duration::from_secs(300),
