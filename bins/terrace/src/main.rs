@@ -246,6 +246,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let jwt = Jwt::new(jwt_secret.as_bytes());
 
+    // Bind before any work starts: if the port is taken, nothing was claimed.
+    let listener =
+        tokio::net::TcpListener::bind(cfg.bind).await.with_context(|| format!("binding {}", cfg.bind))?;
+    let addr = listener.local_addr()?;
+
     let engine = cfg.role.runs_work().then(|| {
         let worker_id = WorkerId(
             cfg.worker_id
@@ -297,9 +302,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     );
 
-    let listener =
-        tokio::net::TcpListener::bind(cfg.bind).await.with_context(|| format!("binding {}", cfg.bind))?;
-    let addr = listener.local_addr()?;
     info!(role = cfg.role.as_str(), "listening on {addr}");
     if cfg.jwt_secret.is_none() {
         let demo = UserId::new_random();
