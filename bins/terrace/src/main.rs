@@ -155,6 +155,9 @@ impl Work for EngineWork {
     fn active(&self) -> usize {
         self.0.active()
     }
+    fn cancelled(&self, generation: terrace_domain::GenerationId) {
+        self.0.cancel_local(generation);
+    }
 }
 
 /// The store in use, kept concrete so it can be closed on the way out.

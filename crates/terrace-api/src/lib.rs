@@ -46,6 +46,9 @@ pub trait Work: Send + Sync + 'static {
     fn tasks(&self) -> Vec<TaskView>;
     /// How many it runs.
     fn active(&self) -> usize;
+    /// The user cancelled this generation (the store has recorded it): stop
+    /// it now if it runs here. Other instances hear of it from the store.
+    fn cancelled(&self, _generation: terrace_domain::GenerationId) {}
 }
 
 /// Which routes an instance serves.

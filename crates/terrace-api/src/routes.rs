@@ -404,6 +404,9 @@ pub async fn cancel(
     let g = s.visible(c, &id).await?;
     match s.bounded(s.0.store.cancel(g.id), Problem::from_store).await? {
         CancelOutcome::Cancelled(g) => {
+            if let Some(w) = &s.0.work {
+                w.cancelled(g.id);
+            }
             tracing::info!(generation_id = %g.id, status = g.status.as_str(), "generation cancelled");
             Ok(json(StatusCode::ACCEPTED, &GenerationView::of(&g)))
         }
