@@ -1,8 +1,10 @@
 //! `terrace`: reads the configuration, builds the adapters, hands them to the
 //! engine and the API, serves, and drains on a signal. Subcommands: `serve`
-//! (the default), `migrate`, `token`.
+//! (the default), `migrate`, `token`, and the terminal front end of a
+//! running server: `generate`, `status`, `cancel`.
 
 mod config;
+mod front;
 mod google;
 
 use anyhow::Context;
@@ -45,12 +47,40 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Create a generation on a running server, show its progress, save its images.
+    Generate {
+        /// The street address.
+        #[arg(long)]
+        address: String,
+        /// An area and its style, like front_yard:japanese_zen (1 to 5 times).
+        #[arg(long = "area", value_name = "AREA:STYLE", required = true)]
+        areas: Vec<String>,
+        /// Where to save the images.
+        #[arg(long, default_value = "designs")]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        target: front::Target,
+    },
+    /// Show a generation.
+    Status {
+        /// The generation's id.
+        id: String,
+        #[command(flatten)]
+        target: front::Target,
+    },
+    /// Cancel a generation.
+    Cancel {
+        /// The generation's id.
+        id: String,
+        #[command(flatten)]
+        target: front::Target,
+    },
 }
 
 /// Exit code for bad configuration or usage.
 const EXIT_CONFIG: i32 = 2;
 
-fn config_exit(e: &ConfigError) -> ! {
+pub(crate) fn config_exit(e: &ConfigError) -> ! {
     eprintln!("terrace: {e}");
     std::process::exit(EXIT_CONFIG)
 }
@@ -61,6 +91,11 @@ fn main() {
     let env = Env(&vars);
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Token { user, admin, ttl } => token(&env, &user, admin, &ttl),
+        Command::Generate { address, areas, out, target } => {
+            front::run(target, front::Action::Generate { address, areas, out })
+        }
+        Command::Status { id, target } => front::run(target, front::Action::Status(id)),
+        Command::Cancel { id, target } => front::run(target, front::Action::Cancel(id)),
         Command::Migrate => {
             let url =
                 vars.get("DATABASE_URL").filter(|u| !u.trim().is_empty()).cloned().unwrap_or_else(|| {
@@ -99,7 +134,7 @@ fn main() {
     std::process::exit(code)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the tokio runtime starts")
 }
 
@@ -205,6 +240,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // The store: Postgres, or memory in dev mode.
     let store = match &cfg.database_url {
         Some(url) => {
+            // Every instance migrates at startup; the runner takes an advisory
+            // lock, so instances starting together apply each migration once.
+            let applied =
+                terrace_postgres::migrate(url, &cfg.policies).await.context("applying migrations")?;
+            info!(?applied, "migrations applied");
             let s = terrace_postgres::PgStore::connect(url, &cfg.policies, observer.clone())
                 .await
                 .context("connecting to DATABASE_URL")?;
@@ -312,7 +352,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let host =
             if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
         println!(
-            "\nTERRACE_JWT_SECRET is unset: made a random one for this run. A demo token for user {demo}, valid 24h:\n\n  {token}\n\nTry:\n\n  curl -s -X POST http://{host}/v1/generations -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"address\":\"1600 Amphitheatre Parkway, Mountain View, CA\",\"areas\":[{{\"area\":\"front_yard\",\"style\":\"japanese_zen\"}}]}}'\n"
+            "\nTERRACE_JWT_SECRET is unset: made a random one for this run. A demo token for user {demo}, valid 24h:\n\n  {token}\n\nTry the terminal front end:\n\n  export TERRACE_URL=http://{host} TERRACE_TOKEN={token}\n  terrace generate --address '1600 Amphitheatre Parkway, Mountain View, CA' --area front_yard:japanese_zen --area backyard:mediterranean\n\nor curl:\n\n  curl -s -X POST http://{host}/v1/generations -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"address\":\"1600 Amphitheatre Parkway, Mountain View, CA\",\"areas\":[{{\"area\":\"front_yard\",\"style\":\"japanese_zen\"}}]}}'\n"
         );
     }
 

@@ -7,6 +7,7 @@ mod auth;
 mod config;
 mod faults;
 mod flows;
+mod front;
 mod openapi;
 mod shutdown;
 mod support;
