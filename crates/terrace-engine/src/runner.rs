@@ -19,7 +19,7 @@ use terrace_domain::prompt::design_prompt;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     Area, AreaKind, Classify, DesignError, ErrorCode, Failure, Generation, GeocodeError, Geocoded, HoldState,
-    ImageryError, LatLng, Policies, StoreError, TimeoutKind, UpstreamError,
+    ImageryError, LatLng, Policies, RetryPolicy, StoreError, TimeoutKind, UpstreamError,
 };
 use terrace_ports::{DesignEvent, DesignRequest, Image, Lease, SourceKind, Upstream, blob_key};
 use tokio::sync::OnceCell;
@@ -209,14 +209,18 @@ impl Run<'_> {
     }
 
     /// One area, start to end, always ending with its hold resolved (or the
-    /// run halted for a lost lease).
+    /// run halted for a lost lease). Its log lines carry the area.
     async fn area(&self, area: &Area, location: LatLng, gen_deadline: Instant) -> Result<(), Halt> {
+        // The span is attached to the future, never entered across an await:
+        // an entered guard held over a suspension leaks into other tasks.
+        let span = tracing::info_span!("area", area = %area.kind());
+        self.area_in_span(area, location, gen_deadline).instrument(span).await
+    }
+
+    async fn area_in_span(&self, area: &Area, location: LatLng, gen_deadline: Instant) -> Result<(), Halt> {
         let kind = area.kind();
         let deadline = (Instant::now() + self.policies.area_timeout).min(gen_deadline);
-        let span = tracing::info_span!("area", area = %kind);
-        let outcome =
-            timeout_at(deadline, self.area_work(area, location, deadline).instrument(span.clone())).await;
-        let _enter = span.enter();
+        let outcome = timeout_at(deadline, self.area_work(area, location, deadline)).await;
         let failure = match outcome {
             Ok(Ok(image_key)) => {
                 let store = &self.ports.store;
@@ -278,7 +282,10 @@ impl Run<'_> {
         Fut: std::future::Future<Output = Result<(), StoreError>> + 'b,
     {
         let until = deadline.max(Instant::now()) + self.call_limit();
-        with_retry(&self.policies.retry, until, what, |_| bounded(self.call_limit(), what, op())).await
+        // A write that settles a hold is worth every try the time allows (a
+        // database restart takes seconds): attempts are bounded by time only.
+        let policy = RetryPolicy { max_attempts: u32::MAX, ..self.policies.retry.clone() };
+        with_retry(&policy, until, what, |_| bounded(self.call_limit(), what, op())).await
     }
 
     async fn advance(&self, area: &Area, stage: AreaStage, progress: u8) -> Result<(), AreaFail> {
@@ -429,8 +436,10 @@ impl Run<'_> {
 
     async fn finish(&self, generation: &Generation, status: AreaStatus, failure: Failure) -> RunOutcome {
         let store = &self.ports.store;
-        let until = Instant::now() + self.call_limit();
-        let r = with_retry(&self.policies.retry, until, "finish", |_| {
+        // The final write gets a few calls' worth of time, every try it allows.
+        let until = Instant::now() + self.call_limit() * 3;
+        let policy = RetryPolicy { max_attempts: u32::MAX, ..self.policies.retry.clone() };
+        let r = with_retry(&policy, until, "finish", |_| {
             bounded(self.call_limit(), "finish", store.finish(self.lease, status, &failure))
         })
         .await;
