@@ -96,7 +96,13 @@ pub fn run(args: &[String]) -> Result<()> {
             ("TERRACE_MAX_RUNNING", &max_running),
             ("TERRACE_DB_POOL_SIZE", "40"),
             ("TERRACE_MAX_CONCURRENT_REQUESTS", "8192"),
-            ("TERRACE_LLM_IDLE_TIMEOUT", "120s"),
+            ("TERRACE_LLM_IDLE_TIMEOUT", "200s"),
+            // Warnings only (and the address line): a line per request would
+            // spend the cores the run measures.
+            (
+                "RUST_LOG",
+                "warn,terrace=info,terrace_api=warn,terrace_engine=warn,terrace_postgres=warn,terrace_google=warn",
+            ),
         ],
     );
     cluster::migrate(&bin, &env)?;
