@@ -109,6 +109,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let server = cluster::server(&bin, &o.out, "terrace", &env)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(drive(&o, &sim, &server))?;
+    let mut report = report;
+    report["cpu_seconds"] = json!({
+        "terrace": cpu_seconds(&["-p", &server.pid().to_string()]),
+        "simulator": cpu_seconds(&["-p", &sim.pid().to_string()]),
+        "postgres": cpu_seconds(&["-u", "postgres"]),
+        "load_driver": cpu_seconds(&["-p", &std::process::id().to_string()]),
+    });
     let slack = Duration::from_secs(35);
     let ledger = LedgerCheck::read(&pg, slack)?;
     write_report(&o, report, &ledger)?;
@@ -310,6 +317,13 @@ fn finished(seen: &Observed, g: &Generation, created_at: Instant) {
         .or_default() += 1;
 }
 
+/// CPU time (user + system) of the processes `ps` selects, in seconds.
+fn cpu_seconds(select: &[&str]) -> f64 {
+    let out = std::process::Command::new("ps").args(select).args(["-o", "times="]).output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.split_whitespace().filter_map(|t| t.parse::<f64>().ok()).sum()
+}
+
 fn read_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -359,7 +373,8 @@ fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck
          | tasks active at the end | {tasks} | 0: {tt} |\n\
          | every generation terminal | {all} | |\n\
          | open holds / conservation violations / late | {oh} / {cv} / {late} | 0 / 0 / 0: {lt} |\n\n\
-         Outcomes: {outcomes}. Create errors: {errors}.\n",
+         Outcomes: {outcomes}. Create errors: {errors}.\n\n\
+         CPU seconds used (2 cores, {total:.0} s of wall time): {cpu}.\n",
         g = o.generations,
         u = o.users,
         l = o.latency.as_millis(),
@@ -389,6 +404,8 @@ fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck
         lt = target(ledger.ok()),
         outcomes = report["outcomes"],
         errors = report["create_errors"],
+        total = report["total_seconds"].as_f64().unwrap_or(0.0),
+        cpu = report["cpu_seconds"],
     );
     std::fs::write(o.out.join("report.md"), &md)?;
     println!("{md}");
