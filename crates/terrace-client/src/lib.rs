@@ -109,7 +109,11 @@ impl ClientError {
     fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_timeout() {
             ClientError::Timeout
-        } else if e.is_connect() {
+        } else if e.is_connect() || e.is_request() {
+            // Connecting failed, or the connection broke while the request
+            // was being sent (a pooled connection the server had just
+            // closed): a connection error, safe to retry with the same
+            // idempotency key.
             ClientError::Connect(e.without_url().to_string())
         } else if e.is_decode() {
             ClientError::Decode(e.without_url().to_string())
@@ -133,7 +137,10 @@ impl Client {
     pub fn new(base_url: &str, token: &str, config: ClientConfig) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Shorter than the server's idle-connection limit (its header read
+            // timeout, 10 s by default), so the client never reuses a
+            // connection the server is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(Self { http, base: base_url.trim_end_matches('/').to_owned(), token: token.to_owned(), config })

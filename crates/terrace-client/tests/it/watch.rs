@@ -183,3 +183,62 @@ async fn dropping_a_streaming_watch_closes_its_connection() {
     assert_eq!(script.event_requests.load(Ordering::SeqCst), 1);
     assert_eq!(script.gets.load(Ordering::SeqCst), 0);
 }
+
+/// Reads one HTTP/1.1 request (headers and a Content-Length body) and
+/// returns its head.
+async fn read_request(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the client closed early");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text[..end].to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_create_cut_off_mid_request_is_sent_again_with_the_same_key() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let id = Uuid::new_v4();
+    let server = tokio::spawn(async move {
+        // The first connection is cut after the request arrives, unanswered.
+        let (mut first, _) = listener.accept().await.unwrap();
+        let head1 = read_request(&mut first).await;
+        drop(first);
+        let (mut second, _) = listener.accept().await.unwrap();
+        let head2 = read_request(&mut second).await;
+        let body = generation(id, "pending", 0).to_string();
+        let answer = format!(
+            "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        second.write_all(answer.as_bytes()).await.unwrap();
+        (head1, head2)
+    });
+    let client = Client::new(&base, "token", config()).unwrap();
+    let g = client.create(&request()).await.unwrap();
+    assert_eq!(g.id, id);
+    let (head1, head2) = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    let key = |h: &str| {
+        h.lines().find(|l| l.to_ascii_lowercase().starts_with("idempotency-key:")).map(str::to_owned)
+    };
+    assert!(key(&head1).is_some());
+    assert_eq!(key(&head1), key(&head2), "the retry carries the same key");
+}
