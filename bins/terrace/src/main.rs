@@ -255,7 +255,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             warn!(
                 "dev mode: DATABASE_URL is unset; generations and credits live in memory and die with the process"
             );
-            Store::Memory(terrace_memory::MemoryStore::new(clock.clone()))
+            Store::Memory(terrace_memory::MemoryStore::with_observer(clock.clone(), observer.clone()))
         }
     };
 

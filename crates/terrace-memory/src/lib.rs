@@ -26,8 +26,8 @@ use terrace_domain::{
 };
 use terrace_ports::{
     BlobStore, CancelOutcome, Clock, CreateOutcome, GenerationStore, Grant, IdempotencyClaim, Image, Lease,
-    LeaseState, Ledger, ListQuery, NewGeneration, Notification, Page, PoolStatus, StoreGauges,
-    StoredResponse, WorkerId,
+    LeaseState, Ledger, ListQuery, NewGeneration, NoopObserver, Notification, Observer, Page, PoolStatus,
+    StoreGauges, StoredResponse, WorkerId,
 };
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -217,12 +217,28 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<Notification>,
+    observer: Arc<dyn Observer>,
 }
 
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self::with_observer(clock, Arc::new(NoopObserver))
+    }
+
+    /// A store that reports the voids it makes itself (a user's cancel, the
+    /// sweep of overdue work), as the Postgres store does; the engine
+    /// reports the voids of the writes it makes.
+    pub fn with_observer(clock: Arc<dyn Clock>, observer: Arc<dyn Observer>) -> Self {
         let (events, _) = broadcast::channel(4096);
-        Self { state: Arc::default(), clock, events }
+        Self { state: Arc::default(), clock, events, observer }
+    }
+
+    fn report_voids(&self, before: &[HoldState], after: &Generation) {
+        for (was, area) in before.iter().zip(&after.areas) {
+            if *was == HoldState::Held && area.hold == HoldState::Voided {
+                self.observer.hold_voided(area.error.as_ref().map_or(ErrorCode::Internal, |e| e.code));
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -402,6 +418,7 @@ impl GenerationStore for MemoryStore {
         let generation = row.generation.clone();
         s.resolve_holds(now, &generation, &before);
         drop(s);
+        self.report_voids(&before, &generation);
         self.notify(Notification::CancelRequested(id));
         self.notify(Notification::Changed(id));
         Ok(CancelOutcome::Cancelled(generation))
@@ -534,6 +551,7 @@ impl GenerationStore for MemoryStore {
         let now = self.clock.now();
         let failure = Failure::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed");
         let mut s = self.lock();
+        let mut ended = Vec::new();
         let overdue: Vec<GenerationId> = s
             .rows
             .values()
@@ -553,8 +571,12 @@ impl GenerationStore for MemoryStore {
             row.lease_expires = None;
             let generation = row.generation.clone();
             s.resolve_holds(now, &generation, &before);
+            ended.push((before, generation));
         }
         drop(s);
+        for (before, generation) in &ended {
+            self.report_voids(before, generation);
+        }
         for id in &overdue {
             self.notify(Notification::Changed(*id));
         }

@@ -1,3 +1,4 @@
 //! The in-memory adapter's integration tests.
 
 mod conformance;
+mod voids;
