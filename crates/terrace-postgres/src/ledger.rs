@@ -3,6 +3,7 @@
 use crate::PgStore;
 use crate::db::map_err;
 use crate::rows::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, corrupt};
+use crate::sql::Sql;
 use crate::store::{lock_account, open_account};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -12,11 +13,10 @@ use terrace_domain::{
     UserId,
 };
 use terrace_ports::{Grant, Ledger, Page};
-use tokio_postgres::GenericClient;
 
-async fn account(c: &impl GenericClient, user: UserId) -> Result<Account, StoreError> {
+async fn account(c: &impl Sql, user: UserId) -> Result<Account, StoreError> {
     let row = c
-        .query_opt(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1"), &[&user.0])
+        .query_opt_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1"), &[&user.0])
         .await
         .map_err(map_err)?
         .ok_or(StoreError::NotFound)?;
@@ -28,8 +28,8 @@ impl Ledger for PgStore {
     async fn open_account(&self, user: UserId, trial_credits: u64) -> Result<Account, LedgerError> {
         self.db()
             .run("open_account", async |c| {
-                open_account(&***c, user, trial_credits).await?;
-                Ok(account(&***c, user).await?)
+                open_account(&*c, user, trial_credits).await?;
+                Ok(account(&*c, user).await?)
             })
             .await
     }
@@ -49,7 +49,7 @@ impl Ledger for PgStore {
         self.db()
             .run("transactions", async |c| {
                 let rows = c
-                    .query(
+                    .query_cached(
                         &format!(
                             "SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE user_id = $1 AND id < $2 \
                              ORDER BY id DESC LIMIT $3"
@@ -79,15 +79,15 @@ impl Ledger for PgStore {
         let amount = i64::try_from(amount.get()).map_err(corrupt)?;
         self.db()
             .run("grant", async |c| {
-                open_account(&***c, user, trial_credits).await?;
+                open_account(&*c, user, trial_credits).await?;
                 let tx = c.transaction().await.map_err(map_err)?;
-                if lock_account(&*tx, user, lock).await?.is_none() {
+                if lock_account(&tx, user, lock).await?.is_none() {
                     return Err(LedgerError::AccountBusy);
                 }
                 // The unique index on (user_id, reference) makes a reference
                 // apply once, whatever the lock policy.
                 let inserted = tx
-                    .execute(
+                    .execute_cached(
                         "INSERT INTO ledger_entries (user_id, kind, amount, source, reference) \
                          VALUES ($1, 'credit', $2, 'token', $3) \
                          ON CONFLICT (user_id, reference) WHERE kind = 'credit' AND source = 'token' DO NOTHING",
@@ -97,7 +97,7 @@ impl Ledger for PgStore {
                     .map_err(map_err)?;
                 let applied = inserted == 1;
                 if applied {
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE accounts SET token_balance = token_balance + $2, credited = credited + $2, \
                          updated_at = now() WHERE user_id = $1",
                         &[&user.0, &amount],
@@ -105,7 +105,7 @@ impl Ledger for PgStore {
                     .await
                     .map_err(map_err)?;
                 }
-                let account = account(&*tx, user).await?;
+                let account = account(&tx, user).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(Grant { account, applied })
             })
@@ -116,11 +116,11 @@ impl Ledger for PgStore {
         self.db()
             .run("conservation_violations", async |c| {
                 let accounts = c
-                    .query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY user_id"), &[])
+                    .query_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY user_id"), &[])
                     .await
                     .map_err(map_err)?;
                 let sums = c
-                    .query(
+                    .query_cached(
                         "SELECT user_id, kind, COALESCE(sum(amount), 0)::bigint FROM ledger_entries \
                          GROUP BY user_id, kind",
                         &[],
@@ -157,7 +157,7 @@ impl Ledger for PgStore {
                 // Every hold resolves at most once, and an area's hold state
                 // agrees with the ledger.
                 let mismatched = c
-                    .query(
+                    .query_cached(
                         "SELECT a.generation_id::text || ' ' || a.area || ': hold ' || a.hold_state || \
                                 ' but ledger has ' || count(l.id) || ' resolution(s)' \
                            FROM generation_areas a \

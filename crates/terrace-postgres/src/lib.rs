@@ -36,6 +36,7 @@ mod ledger;
 mod listen;
 mod migrate;
 mod rows;
+mod sql;
 mod store;
 
 pub use migrate::{MIGRATIONS, Migration, migrate};

@@ -2,6 +2,7 @@
 //! was written; one that no longer parses is reported as an internal error.
 
 use crate::db::map_err;
+use crate::sql::Sql;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use terrace_domain::state::{AreaStage, AreaStatus};
@@ -10,7 +11,7 @@ use terrace_domain::{
     Generation, GenerationId, GenerationStatus, Geocoded, HoldState, LatLng, LedgerEntry, LedgerKind,
     PreservationStrength, RequestId, StoreError, Style, UserId,
 };
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -117,7 +118,7 @@ fn area(row: &Row) -> Result<Area, StoreError> {
 /// Loads generations with their areas, in the order of `ids`, skipping ids
 /// that do not exist. `lock` appends `FOR UPDATE` to both reads.
 pub(crate) async fn load(
-    c: &impl GenericClient,
+    c: &impl Sql,
     ids: &[Uuid],
     lock: bool,
 ) -> Result<Vec<(Generation, i64)>, StoreError> {
@@ -126,11 +127,14 @@ pub(crate) async fn load(
     }
     let suffix = if lock { " FOR UPDATE" } else { "" };
     let heads = c
-        .query(&format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE id = ANY($1){suffix}"), &[&ids])
+        .query_cached(
+            &format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE id = ANY($1){suffix}"),
+            &[&ids],
+        )
         .await
         .map_err(map_err)?;
     let areas = c
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {AREA_COLUMNS} FROM generation_areas WHERE generation_id = ANY($1) \
                  ORDER BY generation_id, position{suffix}"
@@ -154,7 +158,7 @@ pub(crate) async fn load(
 }
 
 pub(crate) async fn load_one(
-    c: &impl GenericClient,
+    c: &impl Sql,
     id: GenerationId,
     lock: bool,
 ) -> Result<Option<Generation>, StoreError> {
@@ -197,12 +201,12 @@ pub(crate) const LEDGER_COLUMNS: &str =
     "id, user_id, kind, amount, source, generation_id, area, reference, created_at";
 
 /// Writes an area's changeable columns back.
-pub(crate) async fn write_area(c: &impl GenericClient, id: GenerationId, a: &Area) -> Result<(), StoreError> {
+pub(crate) async fn write_area(c: &impl Sql, id: GenerationId, a: &Area) -> Result<(), StoreError> {
     let (code, message) = match &a.error {
         Some(f) => (Some(f.code.as_str()), Some(f.message.as_str())),
         None => (None, None),
     };
-    c.execute(
+    c.execute_cached(
         "UPDATE generation_areas SET status = $3, stage = $4, progress = $5, image_key = $6, \
          error_code = $7, error_message = $8, completed_at = $9, hold_state = $10 \
          WHERE generation_id = $1 AND area = $2",
@@ -227,7 +231,7 @@ pub(crate) async fn write_area(c: &impl GenericClient, id: GenerationId, a: &Are
 /// Writes a generation's changeable columns back (not its areas), and its
 /// lease: `None` ends it.
 pub(crate) async fn write_generation(
-    c: &impl GenericClient,
+    c: &impl Sql,
     g: &Generation,
     keep_lease: bool,
 ) -> Result<(), StoreError> {
@@ -242,8 +246,11 @@ pub(crate) async fn write_generation(
         "UPDATE generations SET status = $2, error_code = $3, error_message = $4, completed_at = $5, \
          cancel_requested = $6, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1"
     };
-    c.execute(sql, &[&g.id.0, &g.status.as_str(), &code, &message, &g.completed_at, &g.cancel_requested])
-        .await
-        .map_err(map_err)?;
+    c.execute_cached(
+        sql,
+        &[&g.id.0, &g.status.as_str(), &code, &message, &g.completed_at, &g.cancel_requested],
+    )
+    .await
+    .map_err(map_err)?;
     Ok(())
 }

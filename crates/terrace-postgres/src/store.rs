@@ -4,6 +4,7 @@ use crate::PgStore;
 use crate::db::{is_lock_refused, map_err};
 use crate::listen::{CHANNEL, payload};
 use crate::rows::{self, ACCOUNT_COLUMNS, corrupt, load, load_one, write_area, write_generation};
+use crate::sql::Sql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -17,7 +18,6 @@ use terrace_ports::{
     CancelOutcome, CreateOutcome, GenerationStore, IdempotencyClaim, Lease, LeaseState, ListQuery,
     NewGeneration, Notification, Page, PoolStatus, StoreGauges, StoredResponse, WorkerId,
 };
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 /// How long an idempotency key is honoured.
@@ -27,33 +27,36 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-pub(crate) async fn notify(c: &impl GenericClient, n: &Notification) -> Result<(), StoreError> {
-    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(n)]).await.map_err(map_err)?;
+pub(crate) async fn notify(c: &impl Sql, n: &Notification) -> Result<(), StoreError> {
+    c.execute_cached("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(n)]).await.map_err(map_err)?;
     Ok(())
 }
 
 /// Announces that each of `ids` changed, in one statement.
-async fn notify_changed(c: &impl GenericClient, ids: &[Uuid]) -> Result<(), StoreError> {
+async fn notify_changed(c: &impl Sql, ids: &[Uuid]) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
-    c.execute("SELECT pg_notify($1, 'changed ' || id) FROM unnest($2::uuid[]) AS id", &[&CHANNEL, &ids])
-        .await
-        .map_err(map_err)?;
+    c.execute_cached(
+        "SELECT pg_notify($1, 'changed ' || id) FROM unnest($2::uuid[]) AS id",
+        &[&CHANNEL, &ids],
+    )
+    .await
+    .map_err(map_err)?;
     Ok(())
 }
 
-pub(crate) async fn now(c: &impl GenericClient) -> Result<DateTime<Utc>, StoreError> {
-    let row = c.query_one("SELECT now()", &[]).await.map_err(map_err)?;
+pub(crate) async fn now(c: &impl Sql) -> Result<DateTime<Utc>, StoreError> {
+    let row = c.query_one_cached("SELECT now()", &[]).await.map_err(map_err)?;
     Ok(row.get(0))
 }
 
 /// Opens the account if it does not exist, with its trial credits and their
 /// `credit` entry, in one statement (so outside any longer transaction: the
 /// insert of a new account never waits on another request's transaction).
-pub(crate) async fn open_account(c: &impl GenericClient, user: UserId, trial: u64) -> Result<(), StoreError> {
+pub(crate) async fn open_account(c: &impl Sql, user: UserId, trial: u64) -> Result<(), StoreError> {
     let trial = i64::try_from(trial).map_err(corrupt)?;
-    c.execute(
+    c.execute_cached(
         "WITH opened AS (
              INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
              VALUES ($1, $2, 0, $2)
@@ -71,7 +74,7 @@ pub(crate) async fn open_account(c: &impl GenericClient, user: UserId, trial: u6
 /// The account row lock, under the lock policy. `Ok(None)` when the lock was
 /// refused (SQLSTATE 55P03).
 pub(crate) async fn lock_account(
-    c: &impl GenericClient,
+    c: &impl Sql,
     user: UserId,
     policy: LockPolicy,
 ) -> Result<Option<terrace_domain::Account>, StoreError> {
@@ -80,13 +83,16 @@ pub(crate) async fn lock_account(
             format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1 FOR UPDATE NOWAIT")
         }
         LockPolicy::Timeout(d) => {
-            c.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)))
-                .await
-                .map_err(map_err)?;
+            tokio_postgres::GenericClient::batch_execute(
+                c.pg(),
+                &format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)),
+            )
+            .await
+            .map_err(map_err)?;
             format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1 FOR UPDATE")
         }
     };
-    match c.query_opt(&sql, &[&user.0]).await {
+    match c.query_opt_cached(&sql, &[&user.0]).await {
         Ok(Some(row)) => Ok(Some(rows::account(&row)?)),
         Ok(None) => Err(StoreError::NotFound),
         Err(e) if is_lock_refused(&e) => Ok(None),
@@ -97,11 +103,7 @@ pub(crate) async fn lock_account(
 /// Books the ledger side of every hold that `before` → `after` resolved: one
 /// entry per area, and the account's counters. Reports voids to the observer
 /// after the caller commits (returned as reasons).
-async fn book(
-    c: &impl GenericClient,
-    before: &Generation,
-    after: &Generation,
-) -> Result<Vec<ErrorCode>, StoreError> {
+async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<Vec<ErrorCode>, StoreError> {
     let (mut captured, mut trial, mut token) = (0i64, 0i64, 0i64);
     let mut voided = Vec::new();
     for (b, a) in before.areas.iter().zip(&after.areas) {
@@ -119,7 +121,7 @@ async fn book(
             voided.push(a.error.as_ref().map_or(ErrorCode::Internal, |f| f.code));
             "void"
         };
-        c.execute(
+        c.execute_cached(
             "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
              VALUES ($1, $2, 1, $3, $4, $5)",
             &[&after.user_id.0, &kind, &a.hold_source.as_str(), &after.id.0, &a.kind().as_str()],
@@ -128,7 +130,7 @@ async fn book(
         .map_err(map_err)?;
     }
     if captured + trial + token > 0 {
-        c.execute(
+        c.execute_cached(
             "UPDATE accounts SET held = held - $2, captured = captured + $3, trial_credits = trial_credits + $4, \
              token_balance = token_balance + $5, updated_at = now() WHERE user_id = $1",
             &[&after.user_id.0, &(captured + trial + token), &captured, &trial, &token],
@@ -142,7 +144,7 @@ async fn book(
 /// Writes what changed from `before` to `after`: areas, holds, the
 /// generation's head (ending its lease unless `keep_lease`).
 async fn save(
-    c: &impl GenericClient,
+    c: &impl Sql,
     before: &Generation,
     after: &Generation,
     keep_lease: bool,
@@ -165,9 +167,9 @@ async fn save(
 
 /// Reads a generation for a worker write, under its row lock: `LeaseLost`
 /// unless `lease` still holds, `Finished` if it is terminal.
-async fn fenced(c: &impl GenericClient, lease: &Lease) -> Result<(Generation, DateTime<Utc>), StoreError> {
+async fn fenced(c: &impl Sql, lease: &Lease) -> Result<(Generation, DateTime<Utc>), StoreError> {
     let row = c
-        .query_opt(
+        .query_opt_cached(
             "SELECT status, attempt, lease_owner, now() FROM generations WHERE id = $1 FOR UPDATE",
             &[&lease.generation_id.0],
         )
@@ -194,12 +196,12 @@ fn area_of(g: &mut Generation, area: AreaKind) -> Result<&mut Area, StoreError> 
 
 /// What a create found for its idempotency key.
 async fn replay(
-    c: &impl GenericClient,
+    c: &impl Sql,
     user: UserId,
     claim: &IdempotencyClaim,
 ) -> Result<Option<CreateOutcome>, CreateError> {
     let Some(row) = c
-        .query_opt(
+        .query_opt_cached(
             "SELECT request_hash, generation_id, response_status, response_body FROM idempotency_keys \
              WHERE user_id = $1 AND key = $2 AND expires_at > now()",
             &[&user.0, &claim.key.as_str()],
@@ -240,11 +242,11 @@ impl PgStore {
             .db()
             .run(what, async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
-                let (before, now) = fenced(&*tx, lease).await?;
+                let (before, now) = fenced(&tx, lease).await?;
                 let mut after = before.clone();
                 change(&mut after, now)?;
-                let voided = save(&*tx, &before, &after, keep_lease).await?;
-                notify(&*tx, &Notification::Changed(after.id)).await?;
+                let voided = save(&tx, &before, &after, keep_lease).await?;
+                notify(&tx, &Notification::Changed(after.id)).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok::<_, StoreError>((after, voided))
             })
@@ -275,7 +277,7 @@ impl PgStore {
             .run(what, async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
                 let rows = tx
-                    .query(
+                    .query_cached(
                         "WITH picked AS (
                              SELECT id FROM generations
                              WHERE status IN ('pending', 'processing')
@@ -300,8 +302,8 @@ impl PgStore {
                 let mut ids: Vec<(i64, Uuid)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
                 ids.sort();
                 let ids: Vec<Uuid> = ids.into_iter().map(|(_, id)| id).collect();
-                let claimed = load(&*tx, &ids, false).await?;
-                notify_changed(&*tx, &ids).await?;
+                let claimed = load(&tx, &ids, false).await?;
+                notify_changed(&tx, &ids).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(claimed.into_iter().map(|(g, _)| g).collect())
             })
@@ -322,18 +324,18 @@ impl GenerationStore for PgStore {
         self.db()
             .run("create", async |c| {
                 if let Some(claim) = idempotency {
-                    if let Some(out) = replay(&***c, new.user_id, claim).await? {
+                    if let Some(out) = replay(&*c, new.user_id, claim).await? {
                         return Ok(out);
                     }
                 }
-                open_account(&***c, new.user_id, new.trial_credits).await?;
+                open_account(&*c, new.user_id, new.trial_credits).await?;
                 let tx = c.transaction().await.map_err(map_err)?;
-                let Some(mut account) = lock_account(&*tx, new.user_id, lock).await? else {
+                let Some(mut account) = lock_account(&tx, new.user_id, lock).await? else {
                     return Err(CreateError::AccountBusy);
                 };
                 if let Some(claim) = idempotency {
                     // A request with the same key may have committed meanwhile.
-                    if let Some(out) = replay(&*tx, new.user_id, claim).await? {
+                    if let Some(out) = replay(&tx, new.user_id, claim).await? {
                         return Ok(out);
                     }
                 }
@@ -341,14 +343,14 @@ impl GenerationStore for PgStore {
                     CreateError::InsufficientCredits { needed: e.needed, available: e.available }
                 })?;
                 let n = |v: u64| i64::try_from(v).map_err(corrupt);
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE accounts SET trial_credits = $2, token_balance = $3, held = $4, updated_at = now() \
                      WHERE user_id = $1",
                     &[&new.user_id.0, &n(account.trial_credits)?, &n(account.token_balance)?, &n(account.held)?],
                 )
                 .await
                 .map_err(map_err)?;
-                tx.execute(
+                tx.execute_cached(
                     "INSERT INTO generations (id, user_id, request_id, status, address, deadline_at) \
                      VALUES ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5))",
                     &[
@@ -363,7 +365,7 @@ impl GenerationStore for PgStore {
                 .map_err(map_err)?;
                 for (i, (spec, source)) in new.request.areas.iter().zip(&sources).enumerate() {
                     let position = i16::try_from(i).map_err(corrupt)?;
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT INTO generation_areas (generation_id, position, area, style, custom_prompt, \
                          preservation_strength, status, stage, progress, hold_source, hold_state) \
                          VALUES ($1, $2, $3, $4, $5, $6, 'pending', 'queued', 0, $7, 'held')",
@@ -379,7 +381,7 @@ impl GenerationStore for PgStore {
                     )
                     .await
                     .map_err(map_err)?;
-                    tx.execute(
+                    tx.execute_cached(
                         "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
                          VALUES ($1, 'hold', 1, $2, $3, $4)",
                         &[&new.user_id.0, &source.as_str(), &new.id.0, &spec.area.as_str()],
@@ -389,7 +391,7 @@ impl GenerationStore for PgStore {
                 }
                 if let Some(claim) = idempotency {
                     let stored = tx
-                        .execute(
+                        .execute_cached(
                             "INSERT INTO idempotency_keys (user_id, key, request_hash, generation_id, expires_at) \
                              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
                              ON CONFLICT (user_id, key) DO UPDATE SET \
@@ -412,8 +414,8 @@ impl GenerationStore for PgStore {
                         return Err(CreateError::AccountBusy);
                     }
                 }
-                notify(&*tx, &Notification::Created(new.id)).await?;
-                let generation = load_one(&*tx, new.id, false).await?.ok_or(StoreError::NotFound)?;
+                notify(&tx, &Notification::Created(new.id)).await?;
+                let generation = load_one(&tx, new.id, false).await?.ok_or(StoreError::NotFound)?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(CreateOutcome::Created(generation))
             })
@@ -429,7 +431,7 @@ impl GenerationStore for PgStore {
         self.db()
             .run("save_response", async |c| {
                 let n = c
-                    .execute(
+                    .execute_cached(
                         "UPDATE idempotency_keys SET response_status = COALESCE(response_status, $3), \
                          response_body = COALESCE(response_body, $4) WHERE user_id = $1 AND key = $2",
                         &[
@@ -447,7 +449,7 @@ impl GenerationStore for PgStore {
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
-        self.db().run("get", async |c| load_one(&***c, id, false).await).await
+        self.db().run("get", async |c| load_one(&*c, id, false).await).await
     }
 
     async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
@@ -462,7 +464,7 @@ impl GenerationStore for PgStore {
         self.db()
             .run("list", async |c| {
                 let rows = c
-                    .query(
+                    .query_cached(
                         "SELECT id FROM generations WHERE user_id = $1 AND seq < $2 \
                          AND ($3::text IS NULL OR status = $3) ORDER BY seq DESC LIMIT $4",
                         &[&user.0, &before, &status, &(i64::try_from(limit).unwrap_or(i64::MAX) + 1)],
@@ -470,7 +472,7 @@ impl GenerationStore for PgStore {
                     .await
                     .map_err(map_err)?;
                 let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-                let mut items = load(&***c, &ids, false).await?;
+                let mut items = load(&*c, &ids, false).await?;
                 let next_cursor = (items.len() > limit).then(|| {
                     items.truncate(limit);
                     items.last().map(|(_, seq)| seq.to_string()).unwrap_or_default()
@@ -485,11 +487,11 @@ impl GenerationStore for PgStore {
             .db()
             .run("cancel", async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
-                let before = load_one(&*tx, id, true).await?.ok_or(StoreError::NotFound)?;
+                let before = load_one(&tx, id, true).await?.ok_or(StoreError::NotFound)?;
                 if before.status.is_terminal() {
                     return Ok((CancelOutcome::AlreadyTerminal(before), Vec::new()));
                 }
-                let now = now(&*tx).await?;
+                let now = now(&tx).await?;
                 let mut after = before.clone();
                 after.cancel_requested = true;
                 after.end_unfinished(
@@ -498,9 +500,9 @@ impl GenerationStore for PgStore {
                     now,
                 );
                 after.settle(now);
-                let voided = save(&*tx, &before, &after, false).await?;
-                notify(&*tx, &Notification::CancelRequested(id)).await?;
-                notify(&*tx, &Notification::Changed(id)).await?;
+                let voided = save(&tx, &before, &after, false).await?;
+                notify(&tx, &Notification::CancelRequested(id)).await?;
+                notify(&tx, &Notification::Changed(id)).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok((CancelOutcome::Cancelled(after), voided))
             })
@@ -537,7 +539,7 @@ impl GenerationStore for PgStore {
                 // reaches past the deadline by more than one TTL, so a stuck
                 // worker cannot keep overdue work (and its holds) forever.
                 let rows = c
-                    .query(
+                    .query_cached(
                         "UPDATE generations
                             SET lease_expires_at = LEAST(now(), deadline_at) + make_interval(secs => $2)
                           WHERE lease_owner = $1 AND status IN ('pending', 'processing')
@@ -564,22 +566,22 @@ impl GenerationStore for PgStore {
         self.db()
             .run("release", async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
-                let (before, _) = fenced(&*tx, lease).await?;
+                let (before, _) = fenced(&tx, lease).await?;
                 let mut after = before.clone();
                 after.areas.iter_mut().for_each(Area::hand_back);
                 for (b, a) in before.areas.iter().zip(&after.areas) {
                     if b != a {
-                        write_area(&*tx, id, a).await?;
+                        write_area(&tx, id, a).await?;
                     }
                 }
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE generations SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL \
                      WHERE id = $1",
                     &[&id.0],
                 )
                 .await
                 .map_err(map_err)?;
-                notify(&*tx, &Notification::Changed(id)).await?;
+                notify(&tx, &Notification::Changed(id)).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(())
             })
@@ -591,14 +593,14 @@ impl GenerationStore for PgStore {
         self.db()
             .run("record_geocode", async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
-                let _ = fenced(&*tx, lease).await?;
-                tx.execute(
+                let _ = fenced(&tx, lease).await?;
+                tx.execute_cached(
                     "UPDATE generations SET geocoded_address = $2, lat = $3, lng = $4 WHERE id = $1",
                     &[&id.0, &geocoded.formatted_address, &geocoded.location.lat, &geocoded.location.lng],
                 )
                 .await
                 .map_err(map_err)?;
-                notify(&*tx, &Notification::Changed(id)).await?;
+                notify(&tx, &Notification::Changed(id)).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(())
             })
@@ -668,7 +670,7 @@ impl GenerationStore for PgStore {
             .run("end_overdue", async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
                 let rows = tx
-                    .query(
+                    .query_cached(
                         "SELECT id FROM generations
                           WHERE status IN ('pending', 'processing') AND deadline_at <= now()
                             AND (lease_expires_at IS NULL OR lease_expires_at <= now())
@@ -680,20 +682,20 @@ impl GenerationStore for PgStore {
                     .await
                     .map_err(map_err)?;
                 let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-                let mut overdue = load(&*tx, &ids, false).await?;
+                let mut overdue = load(&tx, &ids, false).await?;
                 // Accounts in one order, so that sweepers never deadlock.
                 overdue.sort_by_key(|(g, _)| (g.user_id, g.id));
-                let now = now(&*tx).await?;
+                let now = now(&tx).await?;
                 let mut voided = Vec::new();
                 let mut ended = Vec::new();
                 for (before, _) in overdue {
                     let mut after = before.clone();
                     after.end_unfinished(AreaStatus::Failed, &failure, now);
                     after.settle(now);
-                    voided.extend(save(&*tx, &before, &after, false).await?);
+                    voided.extend(save(&tx, &before, &after, false).await?);
                     ended.push(after.id);
                 }
-                notify_changed(&*tx, &ended.iter().map(|g| g.0).collect::<Vec<_>>()).await?;
+                notify_changed(&tx, &ended.iter().map(|g| g.0).collect::<Vec<_>>()).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok::<_, StoreError>((ended, voided))
             })
@@ -709,7 +711,7 @@ impl GenerationStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.db()
             .run("ping", async |c| {
-                c.execute("SELECT 1", &[]).await.map_err(map_err)?;
+                c.execute_cached("SELECT 1", &[]).await.map_err(map_err)?;
                 Ok(())
             })
             .await
@@ -719,7 +721,7 @@ impl GenerationStore for PgStore {
         self.db()
             .run("gauges", async |c| {
                 let row = c
-                    .query_one(
+                    .query_one_cached(
                         "SELECT (SELECT COALESCE(sum(held), 0)::bigint FROM accounts),
                                 (SELECT count(*) FROM generations
                                   WHERE status = 'processing'
