@@ -89,11 +89,18 @@ pub fn run(args: &[String]) -> Result<()> {
     let pg = TestPostgres::start()?;
     let sim = cluster::simulator(&bin, &o.out)?;
     let max_running = o.generations.clamp(32, 10_000).to_string();
+    // Images go to files, as they go to object storage in production: the
+    // run measures what a generation in flight costs the server, not the
+    // images an in-memory blob store would pile up.
+    let blobs = std::path::absolute(o.out.join("blobs"))?;
+    std::fs::create_dir_all(&blobs)?;
+    let blob_url = format!("file://{}", blobs.display());
     let env = cluster::server_env(
         &pg,
         &sim,
         &[
             ("TERRACE_MAX_RUNNING", &max_running),
+            ("TERRACE_BLOB_URL", &blob_url),
             ("TERRACE_DB_POOL_SIZE", "40"),
             ("TERRACE_MAX_CONCURRENT_REQUESTS", "8192"),
             ("TERRACE_LLM_IDLE_TIMEOUT", "200s"),
