@@ -333,11 +333,6 @@ pub async fn complete_captures_and_end_voids_once(s: &Subject) {
     let g = create(s, user, &[FrontYard, Backyard], 3).await;
     let w = worker("w");
     let l = lease(&claim_it(s, &g, &w, TTL).await, &w);
-    assert_eq!(
-        s.store.complete_area(&l, Backyard, "too-soon").await,
-        Err(StoreError::Finished),
-        "a pending area cannot complete: it was never worked on"
-    );
     s.store.advance_area(&l, FrontYard, AreaStage::GeneratingDesign, 40).await.unwrap();
     let mid = get(s, g.id).await;
     let front = mid.area(FrontYard).unwrap();
@@ -370,6 +365,20 @@ pub async fn complete_captures_and_end_voids_once(s: &Subject) {
     let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
     assert_eq!(done.status, GenerationStatus::PartiallyCompleted);
     assert_eq!((done.captured(), done.voided()), (1, 1));
+}
+
+/// A worker whose progress writes were lost (the database was briefly away)
+/// still completes the area once its image is stored.
+pub async fn a_pending_area_completes_once_its_image_is_stored(s: &Subject) {
+    let user = UserId::new_random();
+    let g = create(s, user, &[Backyard], 3).await;
+    let w = worker("w");
+    let l = lease(&claim_it(s, &g, &w, TTL).await, &w);
+    complete(s, &l, Backyard, "generations/x/areas/backyard").await;
+    let b = get(s, g.id).await;
+    let b = b.area(Backyard).unwrap();
+    assert_eq!((b.status, b.stage, b.hold), (AreaStatus::Completed, AreaStage::Done, HoldState::Captured));
+    assert_eq!(s.store.complete_area(&l, Backyard, "again").await, Err(StoreError::Finished));
 }
 
 pub async fn finish_ends_unfinished_and_settles(s: &Subject) {

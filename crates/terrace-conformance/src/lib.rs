@@ -75,6 +75,7 @@ macro_rules! suite {
             heartbeat_renews_every_lease_in_one_call,
             expired_lease_is_rescued_and_old_writes_refused,
             complete_captures_and_end_voids_once,
+            a_pending_area_completes_once_its_image_is_stored,
             finish_ends_unfinished_and_settles,
             finish_with_every_area_completed_is_completed,
             cancel_voids_unfinished_and_settles,

@@ -210,9 +210,16 @@ impl Area {
         Ok(())
     }
 
-    /// Completes the area and captures its hold, both or neither.
+    /// Completes the area and captures its hold, both or neither. A
+    /// `pending` area passes through `processing` in the same step: its
+    /// image is stored, even if the writes that reported its progress were
+    /// lost.
     pub fn complete(&mut self, image_key: String, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
-        let status = self.status.transition(AreaStatus::Completed)?;
+        let working = match self.status {
+            AreaStatus::Pending => self.status.transition(AreaStatus::Processing)?,
+            other => other,
+        };
+        let status = working.transition(AreaStatus::Completed)?;
         let hold = self.hold.capture().map_err(|_| IllegalTransition {
             what: "hold",
             from: "resolved",
@@ -362,6 +369,33 @@ mod tests {
             }
         }
         assert!(GenerationStatus::Pending.transition(GenerationStatus::Pending).is_err());
+    }
+
+    #[test]
+    fn an_area_completes_from_pending_in_one_step_but_never_twice() {
+        use crate::input::{AreaKind, AreaRequest, PreservationStrength, Style};
+        let mut a = Area {
+            spec: AreaRequest {
+                area: AreaKind::Patio,
+                style: Style::JapaneseZen,
+                custom_prompt: None,
+                preservation_strength: PreservationStrength::DEFAULT,
+            },
+            status: Pending,
+            stage: AreaStage::Queued,
+            progress: 0,
+            image_key: None,
+            error: None,
+            completed_at: None,
+            hold_source: CreditSource::Trial,
+            hold: HoldState::Held,
+        };
+        let now = Utc::now();
+        a.complete("k".into(), now).unwrap();
+        assert_eq!((a.status, a.hold, a.stage), (Completed, HoldState::Captured, AreaStage::Done));
+        assert!(a.complete("k".into(), now).is_err());
+        assert!(a.end(Failed, Failure::new(ErrorCode::Internal, "x"), now).is_err());
+        assert_eq!(a.hold, HoldState::Captured);
     }
 
     #[test]
