@@ -36,13 +36,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let dir = PathBuf::from("target/chaos");
     std::fs::create_dir_all(&dir)?;
     let start = Instant::now();
-    let pg = TestPostgres::start()?;
+    let pg = TestPostgres::start_with(true)?;
     let sim = cluster::simulator(&bin, &dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(script_faults(&sim))?;
     say(
         start,
-        "simulator scripted: 503, hangs, stalls, resets, blocked prompts, no image, error events, OVER_QUERY_LIMIT, ZERO_RESULTS; otherwise 2 s of model latency",
+        "simulator scripted: 503, 429, hangs, stalls, resets, endless drips, blocked prompts, no image, error events, 400, OVER_QUERY_LIMIT, ZERO_RESULTS, static map 503; otherwise 2 s of model latency",
     );
 
     let (ttl, sweep, deadline) = (
@@ -94,7 +94,7 @@ pub fn run(args: &[String]) -> Result<()> {
     pg.restart().context("restarting Postgres")?;
     say(start, &format!("restarted Postgres (immediate) ({} creates sent)", done.load(Ordering::SeqCst)));
 
-    let drove = rt.block_on(driver)??;
+    let (accepted, drove) = rt.block_on(driver)??;
     say(start, &format!("creates finished: {drove}"));
 
     // Wait for every generation to end: at most a deadline plus a lease and a sweep.
@@ -126,16 +126,21 @@ pub fn run(args: &[String]) -> Result<()> {
         "SELECT coalesce(round(max(extract(epoch FROM completed_at - deadline_at))::numeric, 2)::text, 'none') FROM generations WHERE completed_at > deadline_at",
     )?;
     let resumed = cluster::sql(&pg, "SELECT count(*) FROM generations WHERE attempt > 1")?;
+    let internal = cluster::sql(
+        &pg,
+        "SELECT coalesce(string_agg(DISTINCT error_message, '; '), 'none') FROM generation_areas WHERE error_code = 'internal'",
+    )?;
     let ledger = LedgerCheck::read(&pg, LEASE_TTL + SWEEP)?;
     say(start, &format!("generations by status: {outcomes}"));
     say(start, &format!("areas by error code: {codes}"));
     say(start, &format!("generations resumed by another attempt: {resumed}"));
+    say(start, &format!("internal failures: {internal}"));
     say(
         start,
         &format!("latest end past a deadline: {latest} s (allowed {} s)", (LEASE_TTL + SWEEP).as_secs()),
     );
     say(start, &format!("ledger: {}", ledger.to_json()));
-    let report = json!({"generations": generations, "creates": drove, "outcomes": outcomes, "area_codes": codes, "resumed": resumed, "latest_past_deadline_s": latest, "ledger": ledger.to_json()});
+    let report = json!({"generations": generations, "creates": drove, "outcomes": outcomes, "area_codes": codes, "resumed": resumed, "internal": internal, "latest_past_deadline_s": latest, "ledger": ledger.to_json()});
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     for s in &mut servers {
         s.terminate(Duration::from_secs(10));
@@ -143,7 +148,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if !ledger.ok() {
         bail!("chaos: the promises did not hold: {}", ledger.to_json());
     }
-    say(start, "every generation terminal, no hold open, every account conserved, none late");
+    if ledger.generations != accepted as u64 {
+        bail!("chaos: {accepted} creates were accepted but {} generations exist", ledger.generations);
+    }
+    say(start, "every accepted create stored, every generation terminal, no hold open, every account conserved, none late");
     Ok(())
 }
 
@@ -166,6 +174,8 @@ async fn script_faults(sim: &Proc) -> Result<()> {
         ("gemini", json!({"kind": "no_image"}), 10),
         ("gemini", json!({"kind": "error_event", "status": 500}), 10),
         ("gemini", json!({"kind": "status", "status": 400}), 5),
+        // Below the silence limit forever: only the area's deadline ends these.
+        ("gemini", json!({"kind": "drip_events", "every_ms": 1000}), 10),
         ("geocode", json!({"kind": "maps_status", "status": "OVER_QUERY_LIMIT"}), 15),
         ("geocode", json!({"kind": "maps_status", "status": "ZERO_RESULTS"}), 5),
         ("static_map", json!({"kind": "status", "status": 503}), 10),
@@ -189,7 +199,7 @@ async fn post(http: &reqwest::Client, url: &str, body: serde_json::Value) -> Res
 
 /// Creates `n` generations across the instances, moving to the next
 /// instance (with the same idempotency key) when one does not answer.
-async fn drive(bases: Vec<String>, n: usize, done: Arc<AtomicUsize>) -> Result<String> {
+async fn drive(bases: Vec<String>, n: usize, done: Arc<AtomicUsize>) -> Result<(usize, String)> {
     let http = reqwest::Client::new();
     let users: Vec<Uuid> = (0..(n / 5).max(1)).map(|_| Uuid::new_v4()).collect();
     for u in &users {
@@ -260,5 +270,5 @@ async fn drive(bases: Vec<String>, n: usize, done: Arc<AtomicUsize>) -> Result<S
         };
         *errors.entry(key).or_default() += 1;
     }
-    Ok(format!("{ok} created, refused or failed: {errors:?}"))
+    Ok((ok, format!("{ok} created, refused or failed: {errors:?}")))
 }

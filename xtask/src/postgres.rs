@@ -44,7 +44,16 @@ fn free_port() -> Result<u16> {
 }
 
 impl TestPostgres {
+    /// A fast server for tests: commits are acknowledged before they reach
+    /// the log (`synchronous_commit=off`), so a crash may lose the last ones.
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// `durable`: commits are acknowledged only once in the log, as in
+    /// production, so that a crash loses nothing that was acknowledged (the
+    /// chaos run restarts the server).
+    pub fn start_with(durable: bool) -> Result<Self> {
         let initdb = find_tool("initdb")?;
         let pg_ctl = find_tool("pg_ctl")?;
         let dir = std::env::temp_dir().join(format!("terrace-pg-{}-{}", std::process::id(), free_port()?));
@@ -59,9 +68,10 @@ impl TestPostgres {
             .context("initdb")?;
         let opts = format!(
             "-k {} -c listen_addresses=127.0.0.1 -p {} -c max_connections=400 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB",
+             -c synchronous_commit={} -c full_page_writes=off -c shared_buffers=256MB",
             path(&dir),
-            pg.port
+            pg.port,
+            if durable { "on" } else { "off" },
         );
         let log = dir.join("log");
         pg.run_as(&pg.pg_ctl, &["-D", path(&data), "-o", &opts, "-l", path(&log), "-w", "-t", "60", "start"])
