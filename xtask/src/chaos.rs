@@ -151,7 +151,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if ledger.generations != accepted as u64 {
         bail!("chaos: {accepted} creates were accepted but {} generations exist", ledger.generations);
     }
-    say(start, "every accepted create stored, every generation terminal, no hold open, every account conserved, none late");
+    say(
+        start,
+        "every accepted create stored, every generation terminal, no hold open, every account conserved, none late",
+    );
     Ok(())
 }
 
