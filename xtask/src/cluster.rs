@@ -39,8 +39,16 @@ impl Proc {
     ) -> Result<Proc> {
         let out = std::fs::File::create(&log)?;
         // Many connections at once: lift the open-file limit where allowed.
-        let mut line =
-            format!("ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); exec '{}'", program.display());
+        // `TERRACE_CLUSTER_WRAP` runs Terrace instances under a tool (for
+        // example `valgrind --tool=massif`), to profile them under load.
+        let wrap = match std::env::var("TERRACE_CLUSTER_WRAP") {
+            Ok(w) if name.starts_with("terrace") => format!("{w} "),
+            _ => String::new(),
+        };
+        let mut line = format!(
+            "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn); exec {wrap}'{}'",
+            program.display()
+        );
         for a in args {
             line.push_str(&format!(" '{a}'"));
         }

@@ -115,14 +115,16 @@ pub fn run(args: &[String]) -> Result<()> {
     cluster::migrate(&bin, &env)?;
     let server = cluster::server(&bin, &o.out, "terrace", &env)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = rt.block_on(drive(&o, &sim, &server))?;
-    let mut report = report;
+    let mut server = server;
+    let mut report = rt.block_on(drive(&o, &sim, &server))?;
     report["cpu_seconds"] = json!({
         "terrace": cpu_seconds(&["-p", &server.pid().to_string()]),
         "simulator": cpu_seconds(&["-p", &sim.pid().to_string()]),
         "postgres": cpu_seconds(&["-u", "postgres"]),
         "load_driver": cpu_seconds(&["-p", &std::process::id().to_string()]),
     });
+    // A graceful stop, as an operator's: it must drain in its grace period.
+    report["stopped_within_grace"] = json!(server.terminate(Duration::from_secs(40)));
     let slack = Duration::from_secs(35);
     let ledger = LedgerCheck::read(&pg, slack)?;
     write_report(&o, report, &ledger)?;

@@ -90,7 +90,13 @@ fn request_body(request: &DesignRequest) -> Vec<u8> {
         }],
         generation_config: GenerationConfig { response_modalities: ["TEXT", "IMAGE"] },
     };
-    serde_json::to_vec(&body).unwrap_or_default()
+    // Sized up front: the body is mostly the base64 image, and a buffer grown
+    // by doubling would carry up to as much again in slack.
+    let mut out = Vec::with_capacity(data.len() + request.prompt.len() * 2 + 256);
+    match serde_json::to_writer(&mut out, &body) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
 }
 
 #[async_trait]

@@ -149,6 +149,10 @@ impl GoogleClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_nodelay(true)
+            // No silent resends: a design request sent twice is billed twice,
+            // and the engine owns retries. This also keeps the client from
+            // holding a copy of every request body for a possible resend.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(concat!("terrace/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError::Client(error::describe(e)))?;

@@ -124,7 +124,10 @@ impl Inner {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
-            let mut body = BytesMut::new();
+            // Sized from Content-Length when the answer gives one, so the
+            // image is held without growth slack.
+            let expected = resp.content_length().unwrap_or(0).min(cap as u64) as usize;
+            let mut body = BytesMut::with_capacity(expected);
             while let Some(chunk) = resp.chunk().await.map_err(transport)? {
                 if body.len() + chunk.len() > cap {
                     return Err(
