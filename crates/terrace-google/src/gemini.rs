@@ -125,13 +125,21 @@ impl Inner {
         let mut key = reqwest::header::HeaderValue::from_str(self.gemini_key.expose())
             .map_err(|_| UpstreamError::rejected("the Gemini API key is not a valid header value"))?;
         key.set_sensitive(true);
+        // Sent as a one-chunk stream with its length: a body given as bytes
+        // stays referenced by the client (for redirects) until the answer
+        // comes, which for a design is minutes of a large base64 image per
+        // request in flight. A stream is dropped as soon as it is written.
+        let body = bytes::Bytes::from(request_body(request));
+        let length = body.len();
+        let once = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
         let send = self
             .http
             .post(self.gemini_url.clone())
             .header("x-goog-api-key", key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "text/event-stream")
-            .body(request_body(request))
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(reqwest::Body::wrap_stream(once))
             .send();
         let idle = UpstreamError::Timeout { kind: TimeoutKind::Idle };
         let resp = tokio::time::timeout(self.idle_timeout, send)
