@@ -69,6 +69,17 @@ struct Row {
     lease_expires: Option<DateTime<Utc>>,
 }
 
+impl Row {
+    /// Ends every unfinished area with `status` and `failure`, settles the
+    /// generation and ends the lease.
+    fn close(&mut self, status: AreaStatus, failure: &Failure, now: DateTime<Utc>) {
+        self.generation.end_unfinished(status, failure, now);
+        self.generation.settle(now);
+        self.lease_owner = None;
+        self.lease_expires = None;
+    }
+}
+
 #[derive(Debug)]
 struct Idempotency {
     request_hash: String,
@@ -171,19 +182,20 @@ impl State {
         Ok(row)
     }
 
-    /// Applies `change` to a fenced generation and books any holds it resolved.
-    fn change<T>(
+    /// Applies `f` to a row and books in the ledger any holds it resolved.
+    /// Returns the holds as they were and the generation as it is now.
+    fn apply(
         &mut self,
         now: DateTime<Utc>,
-        lease: &Lease,
-        change: impl FnOnce(&mut Row) -> Result<T, StoreError>,
-    ) -> Result<(T, Generation), StoreError> {
-        let row = self.fenced(lease)?;
+        id: GenerationId,
+        f: impl FnOnce(&mut Row) -> Result<(), StoreError>,
+    ) -> Result<(Vec<HoldState>, Generation), StoreError> {
+        let row = self.rows.get_mut(&id).ok_or(StoreError::NotFound)?;
         let before: Vec<_> = row.generation.areas.iter().map(|a| a.hold).collect();
-        let out = change(row)?;
+        f(row)?;
         let generation = row.generation.clone();
         self.resolve_holds(now, &generation, &before);
-        Ok((out, generation))
+        Ok((before, generation))
     }
 
     fn claimable(row: &Row, now: DateTime<Utc>) -> bool {
@@ -257,7 +269,10 @@ impl MemoryStore {
         change: impl FnOnce(&mut Row, DateTime<Utc>) -> Result<(), StoreError>,
     ) -> Result<Generation, StoreError> {
         let now = self.clock.now();
-        let (_, g) = self.lock().change(now, lease, |row| change(row, now))?;
+        let mut s = self.lock();
+        s.fenced(lease)?;
+        let (_, g) = s.apply(now, lease.generation_id, |row| change(row, now))?;
+        drop(s);
         self.notify(Notification::Changed(lease.generation_id));
         Ok(g)
     }
@@ -404,19 +419,12 @@ impl GenerationStore for MemoryStore {
         if row.generation.status.is_terminal() {
             return Ok(CancelOutcome::AlreadyTerminal(row.generation.clone()));
         }
-        let before: Vec<_> = row.generation.areas.iter().map(|a| a.hold).collect();
-        let g = &mut row.generation;
-        g.cancel_requested = true;
-        g.end_unfinished(
-            AreaStatus::Cancelled,
-            &Failure::new(ErrorCode::Cancelled, "cancelled by the user"),
-            now,
-        );
-        g.settle(now);
-        row.lease_owner = None;
-        row.lease_expires = None;
-        let generation = row.generation.clone();
-        s.resolve_holds(now, &generation, &before);
+        let (before, generation) = s.apply(now, id, |row| {
+            row.generation.cancel_requested = true;
+            let failure = Failure::new(ErrorCode::Cancelled, "cancelled by the user");
+            row.close(AreaStatus::Cancelled, &failure, now);
+            Ok(())
+        })?;
         drop(s);
         self.report_voids(&before, &generation);
         self.notify(Notification::CancelRequested(id));
@@ -539,10 +547,7 @@ impl GenerationStore for MemoryStore {
         failure: &Failure,
     ) -> Result<Generation, StoreError> {
         self.fenced_write(lease, |row, now| {
-            row.generation.end_unfinished(unfinished, failure, now);
-            row.generation.settle(now);
-            row.lease_owner = None;
-            row.lease_expires = None;
+            row.close(unfinished, failure, now);
             Ok(())
         })
     }
@@ -563,15 +568,10 @@ impl GenerationStore for MemoryStore {
             .map(|r| r.generation.id)
             .collect();
         for id in &overdue {
-            let Some(row) = s.rows.get_mut(id) else { continue };
-            let before: Vec<_> = row.generation.areas.iter().map(|a| a.hold).collect();
-            row.generation.end_unfinished(AreaStatus::Failed, &failure, now);
-            row.generation.settle(now);
-            row.lease_owner = None;
-            row.lease_expires = None;
-            let generation = row.generation.clone();
-            s.resolve_holds(now, &generation, &before);
-            ended.push((before, generation));
+            ended.push(s.apply(now, *id, |row| {
+                row.close(AreaStatus::Failed, &failure, now);
+                Ok(())
+            })?);
         }
         drop(s);
         for (before, generation) in &ended {
@@ -682,13 +682,6 @@ pub struct MemoryBlobs {
 impl MemoryBlobs {
     pub fn new() -> Self {
         Self::default()
-    }
-    /// How many blobs are stored.
-    pub fn len(&self) -> usize {
-        self.blobs.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
