@@ -146,10 +146,6 @@ impl Client {
         Ok(Self { http, base: base_url.trim_end_matches('/').to_owned(), token: token.to_owned(), config })
     }
 
-    pub fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }

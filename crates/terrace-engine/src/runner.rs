@@ -41,7 +41,7 @@ pub enum RunOutcome {
 }
 
 /// Converts a stored wall-clock deadline into tokio time.
-pub fn deadline_instant(ports: &Ports, deadline_at: chrono::DateTime<chrono::Utc>) -> Instant {
+fn deadline_instant(ports: &Ports, deadline_at: chrono::DateTime<chrono::Utc>) -> Instant {
     let left = (deadline_at - ports.clock.now()).to_std().unwrap_or(Duration::ZERO);
     Instant::now() + left
 }
@@ -229,19 +229,7 @@ impl Run<'_> {
                         store.complete_area(self.lease, kind, &image_key)
                     })
                     .await;
-                return match done {
-                    Ok(()) => {
-                        info!("area completed");
-                        self.resolved(kind);
-                        Ok(())
-                    }
-                    Err(StoreError::Finished) => Ok(()),
-                    Err(StoreError::LeaseLost) => Err(Halt::LeaseLost),
-                    Err(e) => {
-                        warn!(error = %e, "could not record the completed area; the final write will settle it");
-                        Ok(())
-                    }
-                };
+                return self.settled(kind, done, || info!("area completed"));
             }
             Ok(Err(AreaFail::Halt(h))) => return Err(h),
             Ok(Err(AreaFail::Failure(f))) => f,
@@ -254,16 +242,24 @@ impl Run<'_> {
                 store.end_area(self.lease, kind, AreaStatus::Failed, &failure)
             })
             .await;
-        match ended {
+        self.settled(kind, ended, || self.ports.observer.hold_voided(failure.code))
+    }
+
+    /// What the write that resolves an area's hold came to: on success the
+    /// area is this run's (`report` tells of it); a finished area or
+    /// generation needs nothing more; a lost lease halts the run; anything
+    /// else is left to the final write or the sweeper.
+    fn settled(&self, kind: AreaKind, r: Result<(), StoreError>, report: impl FnOnce()) -> Result<(), Halt> {
+        match r {
             Ok(()) => {
-                self.ports.observer.hold_voided(failure.code);
+                report();
                 self.resolved(kind);
                 Ok(())
             }
             Err(StoreError::Finished) => Ok(()),
             Err(StoreError::LeaseLost) => Err(Halt::LeaseLost),
             Err(e) => {
-                warn!(error = %e, "could not record the failed area; the final write will settle it");
+                warn!(error = %e, "could not record the area's end; the final write will settle it");
                 Ok(())
             }
         }

@@ -58,9 +58,6 @@ impl Stop {
         self.token.cancelled().await;
         self.reason.get().copied().unwrap_or(StopReason::Shutdown)
     }
-    pub fn reason(&self) -> Option<StopReason> {
-        self.reason.get().copied()
-    }
 }
 
 impl Default for Stop {
@@ -164,10 +161,6 @@ impl Supervisor {
         lock(&self.tasks).get(&id).map(|e| e.stop.fire(reason)).is_some()
     }
 
-    pub fn is_running(&self, id: GenerationId) -> bool {
-        lock(&self.tasks).contains_key(&id)
-    }
-
     /// The running generations' ids and attempts.
     pub fn running(&self) -> Vec<(GenerationId, u32)> {
         lock(&self.tasks).values().map(|e| (e.info.generation_id, e.info.attempt)).collect()
@@ -200,10 +193,5 @@ impl Supervisor {
         };
         let drained = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
         ShutdownReport { stopped, drained }
-    }
-
-    /// Waits for every task to end (after [`Supervisor::shutdown`] began).
-    pub async fn wait(&self) {
-        self.tracker.wait().await;
     }
 }
