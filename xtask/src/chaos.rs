@@ -206,18 +206,7 @@ async fn drive(bases: Vec<String>, n: usize, done: Arc<AtomicUsize>) -> Result<(
     let http = reqwest::Client::new();
     let users: Vec<Uuid> = (0..(n / 5).max(1)).map(|_| Uuid::new_v4()).collect();
     for u in &users {
-        let body = json!({"user_id": u, "amount": 20, "reference": format!("chaos-{u}")});
-        let r = http
-            .post(format!("{}/v1/admin/credits", bases[1]))
-            .bearer_auth(cluster::token(Uuid::nil(), true))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("grant failed: {}", r.status());
-        }
+        cluster::grant(&http, &bases[1], *u, 20, "chaos").await?;
     }
     let config = ClientConfig { max_attempts: 3, ..ClientConfig::interactive() };
     let results: Vec<Result<(), ClientError>> = futures::stream::iter(0..n)
@@ -267,11 +256,7 @@ async fn drive(bases: Vec<String>, n: usize, done: Arc<AtomicUsize>) -> Result<(
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
     for e in results.iter().filter_map(|r| r.as_ref().err()) {
-        let key = match e {
-            ClientError::Api { status, code, .. } => format!("{status} {code}"),
-            other => other.to_string(),
-        };
-        *errors.entry(key).or_default() += 1;
+        *errors.entry(cluster::error_key(e)).or_default() += 1;
     }
     Ok((ok, format!("{ok} created, refused or failed: {errors:?}")))
 }

@@ -117,16 +117,50 @@ impl Proc {
 
     /// Resident memory now and at its peak, in bytes (from /proc).
     pub fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-                .map_or(0, |kb| kb * 1024)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        (proc_status_bytes(self.pid(), "VmRSS:"), proc_status_bytes(self.pid(), "VmHWM:"))
+    }
+}
+
+/// A memory field of `/proc/PID/status` (given in kB there), in bytes; 0 when
+/// it cannot be read.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Credits `amount` tokens to `user` through the admin API, once per run.
+pub async fn grant(
+    http: &reqwest::Client,
+    base: &str,
+    user: uuid::Uuid,
+    amount: u64,
+    run: &str,
+) -> Result<()> {
+    let body = serde_json::json!({"user_id": user, "amount": amount, "reference": format!("{run}-{user}")});
+    let r = http
+        .post(format!("{base}/v1/admin/credits"))
+        .bearer_auth(token(uuid::Uuid::nil(), true))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("granting credits failed: {}", r.status());
+    }
+    Ok(())
+}
+
+/// How a failed create is counted in a report: `STATUS code`, or the error.
+pub fn error_key(e: &terrace_client::ClientError) -> String {
+    match e {
+        terrace_client::ClientError::Api { status, code, .. } => format!("{status} {code}"),
+        other => other.to_string(),
     }
 }
 

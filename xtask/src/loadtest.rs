@@ -145,11 +145,10 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Val
     let (baseline_rss, _) = server.memory();
 
     // Users and their credits.
-    let admin = Client::new(&base, &cluster::token(Uuid::nil(), true), ClientConfig::interactive())?;
     let per_user = o.generations.div_ceil(o.users) as u64;
     let users: Vec<Uuid> = (0..o.users).map(|_| Uuid::new_v4()).collect();
     futures::stream::iter(users.iter())
-        .map(|u| grant(&http, &base, &admin, *u, per_user))
+        .map(|u| cluster::grant(&http, &base, *u, per_user, "loadtest"))
         .buffer_unordered(32)
         .collect::<Vec<Result<()>>>()
         .await
@@ -177,7 +176,7 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Val
                 .await
                 {
                     let active = metric(&page, "terrace_generation_tasks_active").unwrap_or(0.0) as u64;
-                    let rss = read_rss(pid);
+                    let rss = cluster::proc_status_bytes(pid, "VmRSS:");
                     seen.peak_rss.fetch_max(rss, Ordering::Relaxed);
                     if active > seen.peak_in_flight.fetch_max(active, Ordering::Relaxed) {
                         seen.rss_at_peak_in_flight.store(rss, Ordering::Relaxed);
@@ -212,12 +211,7 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Val
                             ));
                         }
                         Err(e) => {
-                            let key = match &e {
-                                terrace_client::ClientError::Api { status, code, .. } => {
-                                    format!("{status} {code}")
-                                }
-                                other => other.to_string(),
-                            };
+                            let key = cluster::error_key(&e);
                             *seen
                                 .create_errors
                                 .lock()
@@ -331,32 +325,6 @@ fn cpu_seconds(select: &[&str]) -> f64 {
     let out = std::process::Command::new("ps").args(select).args(["-o", "times="]).output();
     let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     text.split_whitespace().filter_map(|t| t.parse::<f64>().ok()).sum()
-}
-
-fn read_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-async fn grant(http: &reqwest::Client, base: &str, _admin: &Client, user: Uuid, amount: u64) -> Result<()> {
-    let body = json!({"user_id": user, "amount": amount, "reference": format!("loadtest-{user}")});
-    let r = http
-        .post(format!("{base}/v1/admin/credits"))
-        .bearer_auth(cluster::token(Uuid::nil(), true))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("granting credits failed: {}", r.status());
-    }
-    Ok(())
 }
 
 fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck) -> Result<()> {
