@@ -60,7 +60,7 @@ impl Watch {
             return None;
         }
         if let Some(g) = self.first.take() {
-            return Some(self.emit(&g));
+            return Some(self.emit(GenerationView::json(&g), g.status.is_terminal()));
         }
         loop {
             let refresh = tokio::select! {
@@ -83,7 +83,7 @@ impl Watch {
                 Ok(Ok(Some(g))) => {
                     let json = GenerationView::json(&g);
                     if self.last.as_deref() != Some(json.as_str()) {
-                        return Some(self.emit(&g));
+                        return Some(self.emit(json, g.status.is_terminal()));
                     }
                 }
                 Ok(Ok(None)) => return None,
@@ -93,11 +93,12 @@ impl Watch {
         }
     }
 
-    fn emit(&mut self, g: &Generation) -> Bytes {
-        let json = GenerationView::json(g);
+    /// Frames a snapshot already rendered to JSON (each snapshot is
+    /// rendered once: the same text decides whether it changed).
+    fn emit(&mut self, json: String, terminal: bool) -> Bytes {
         let out = frame(&json);
         self.last = Some(json);
-        self.done = g.status.is_terminal();
+        self.done = terminal;
         out
     }
 }

@@ -1,11 +1,11 @@
 //! The handlers of CONTRACT §4.
 
 use crate::auth::Caller;
-use crate::problem::{FieldError, Problem, current_request_id};
+use crate::problem::{FieldError, Problem};
 use crate::views::{AccountView, GenerationView, PageView, TransactionView, generation_path};
 use crate::{AppState, events};
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::extract::{Extension, FromRequestParts, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -288,6 +288,7 @@ fn created(status: u16, body: String, g: &Generation) -> Response {
 pub async fn create(
     State(s): State<AppState>,
     Authed(c): Authed,
+    Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -305,8 +306,6 @@ pub async fn create(
             return Err(Problem::validation(errors));
         }
     };
-    let request_id =
-        current_request_id().and_then(|r| RequestId::parse(&r)).unwrap_or_else(RequestId::generate);
     let claim = key.clone().map(|key| IdempotencyClaim { key, request_hash: request_hash(&request) });
     let new = NewGeneration {
         id: GenerationId::new_random(),
