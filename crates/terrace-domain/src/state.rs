@@ -321,6 +321,15 @@ impl Generation {
         ended
     }
 
+    /// Ends every unfinished area with `status` and `failure` (voiding their
+    /// holds), then settles the generation. Returns whether it is terminal
+    /// now: the step that ends a generation, whoever ends it (the worker's
+    /// final write, the user's cancel, the sweep).
+    pub fn close(&mut self, status: AreaStatus, failure: &Failure, now: DateTime<Utc>) -> bool {
+        self.end_unfinished(status, failure, now);
+        self.settle(now)
+    }
+
     /// If every area is terminal, makes the generation terminal with the
     /// status they add up to, and the generation-level error: for `failed`, the
     /// first area's failure (they usually share one), for `cancelled`, the

@@ -73,8 +73,7 @@ impl Row {
     /// Ends every unfinished area with `status` and `failure`, settles the
     /// generation and ends the lease.
     fn close(&mut self, status: AreaStatus, failure: &Failure, now: DateTime<Utc>) {
-        self.generation.end_unfinished(status, failure, now);
-        self.generation.settle(now);
+        self.generation.close(status, failure, now);
         self.lease_owner = None;
         self.lease_expires = None;
     }

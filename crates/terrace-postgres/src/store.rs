@@ -165,9 +165,10 @@ async fn save(
     Ok(voided)
 }
 
-/// Reads a generation for a worker write, under its row lock: `LeaseLost`
-/// unless `lease` still holds, `Finished` if it is terminal.
-async fn fenced(c: &impl Sql, lease: &Lease) -> Result<(Generation, DateTime<Utc>), StoreError> {
+/// Checks a worker's lease under the generation's row lock and returns the
+/// transaction's time: `LeaseLost` unless `lease` still holds, `Finished` if
+/// the generation is terminal.
+async fn fence(c: &impl Sql, lease: &Lease) -> Result<DateTime<Utc>, StoreError> {
     let row = c
         .query_opt_cached(
             "SELECT status, attempt, lease_owner, now() FROM generations WHERE id = $1 FOR UPDATE",
@@ -186,6 +187,12 @@ async fn fenced(c: &impl Sql, lease: &Lease) -> Result<(Generation, DateTime<Utc
     if i64::from(attempt) != i64::from(lease.attempt) || owner.as_deref() != Some(lease.owner.0.as_str()) {
         return Err(StoreError::LeaseLost);
     }
+    Ok(now)
+}
+
+/// [`fence`], then the generation itself, for a write that changes it.
+async fn fenced(c: &impl Sql, lease: &Lease) -> Result<(Generation, DateTime<Utc>), StoreError> {
+    let now = fence(c, lease).await?;
     let g = load_one(c, lease.generation_id, false).await?.ok_or(StoreError::NotFound)?;
     Ok((g, now))
 }
@@ -494,12 +501,11 @@ impl GenerationStore for PgStore {
                 let now = now(&tx).await?;
                 let mut after = before.clone();
                 after.cancel_requested = true;
-                after.end_unfinished(
+                after.close(
                     AreaStatus::Cancelled,
                     &Failure::new(ErrorCode::Cancelled, "cancelled by the user"),
                     now,
                 );
-                after.settle(now);
                 let voided = save(&tx, &before, &after, false).await?;
                 notify(&tx, &Notification::CancelRequested(id)).await?;
                 notify(&tx, &Notification::Changed(id)).await?;
@@ -593,7 +599,7 @@ impl GenerationStore for PgStore {
         self.db()
             .run("record_geocode", async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
-                let _ = fenced(&tx, lease).await?;
+                fence(&tx, lease).await?;
                 tx.execute_cached(
                     "UPDATE generations SET geocoded_address = $2, lat = $3, lng = $4 WHERE id = $1",
                     &[&id.0, &geocoded.formatted_address, &geocoded.location.lat, &geocoded.location.lng],
@@ -650,8 +656,7 @@ impl GenerationStore for PgStore {
         failure: &Failure,
     ) -> Result<Generation, StoreError> {
         self.fenced_change("finish", lease, false, |g, now| {
-            g.end_unfinished(unfinished, failure, now);
-            if g.settle(now) {
+            if g.close(unfinished, failure, now) {
                 Ok(())
             } else {
                 Err(StoreError::Internal {
@@ -690,8 +695,7 @@ impl GenerationStore for PgStore {
                 let mut ended = Vec::new();
                 for (before, _) in overdue {
                     let mut after = before.clone();
-                    after.end_unfinished(AreaStatus::Failed, &failure, now);
-                    after.settle(now);
+                    after.close(AreaStatus::Failed, &failure, now);
                     voided.extend(save(&tx, &before, &after, false).await?);
                     ended.push(after.id);
                 }
