@@ -2,7 +2,7 @@
 //! [`DesignEvent`]s with the silence limit measured on bytes received.
 
 use crate::error::{ErrorBody, GoogleError, clean, http_status, retry_after_header, transport};
-use crate::{GoogleClient, Inner, outcome_of};
+use crate::{GoogleClient, Inner, upstream_outcome};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -107,11 +107,8 @@ impl DesignModel for GoogleClient {
         match inner.open(&request).await {
             Ok(resp) => Ok(GeminiStream::new(resp, inner, start).boxed()),
             Err(e) => {
-                let timeout = match &e {
-                    UpstreamError::Timeout { kind } => Some(*kind),
-                    _ => None,
-                };
-                inner.report(Upstream::Gemini, outcome_of(&e), timeout, start.elapsed());
+                let (outcome, timeout) = upstream_outcome(&e);
+                inner.report(Upstream::Gemini, outcome, timeout, start.elapsed());
                 Err(e.into())
             }
         }
@@ -122,9 +119,6 @@ impl Inner {
     /// Sends the request and waits for successful response headers, within
     /// the connect timeout and the silence limit.
     async fn open(&self, request: &DesignRequest) -> Result<reqwest::Response, UpstreamError> {
-        let mut key = reqwest::header::HeaderValue::from_str(self.gemini_key.expose())
-            .map_err(|_| UpstreamError::rejected("the Gemini API key is not a valid header value"))?;
-        key.set_sensitive(true);
         // Sent as a one-chunk stream with its length: a body given as bytes
         // stays referenced by the client (for redirects) until the answer
         // comes, which for a design is minutes of a large base64 image per
@@ -135,7 +129,7 @@ impl Inner {
         let send = self
             .http
             .post(self.gemini_url.clone())
-            .header("x-goog-api-key", key)
+            .header("x-goog-api-key", self.gemini_key_header.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .header(reqwest::header::CONTENT_LENGTH, length)
@@ -387,8 +381,7 @@ impl GeminiStream {
     fn fail(&mut self, e: DesignError) {
         self.events = None;
         let (outcome, timeout) = match &e {
-            DesignError::Upstream(UpstreamError::Timeout { kind }) => (UpstreamOutcome::Timeout, Some(*kind)),
-            DesignError::Upstream(u) => (outcome_of(u), None),
+            DesignError::Upstream(u) => upstream_outcome(u),
             DesignError::Blocked { .. } | DesignError::NoImage => (UpstreamOutcome::Rejected, None),
         };
         self.observe(outcome, timeout);

@@ -93,6 +93,9 @@ struct Inner {
     observer: Arc<dyn Observer>,
     maps_key: ApiKey,
     gemini_key: ApiKey,
+    /// The Gemini key as a header value, built once (and marked sensitive,
+    /// so no debug output prints it).
+    gemini_key_header: reqwest::header::HeaderValue,
     maps_timeout: Duration,
     idle_timeout: Duration,
     geocode_url: reqwest::Url,
@@ -156,9 +159,13 @@ impl GoogleClient {
             .user_agent(concat!("terrace/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError::Client(error::describe(e)))?;
+        let mut gemini_key_header = reqwest::header::HeaderValue::from_str(config.gemini_api_key.expose())
+            .map_err(|_| ConfigError::InvalidKey { which: "gemini_api_key" })?;
+        gemini_key_header.set_sensitive(true);
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                gemini_key_header,
                 observer,
                 geocode_url: join(maps, "/maps/api/geocode/json", "maps_base_url")?,
                 metadata_url: join(maps, "/maps/api/streetview/metadata", "maps_base_url")?,
@@ -175,11 +182,13 @@ impl GoogleClient {
 }
 
 /// The metrics outcome of an upstream error.
-fn outcome_of(e: &UpstreamError) -> UpstreamOutcome {
+/// The metrics outcome of an upstream failure, and its timeout kind if it
+/// was a timeout.
+fn upstream_outcome(e: &UpstreamError) -> (UpstreamOutcome, Option<TimeoutKind>) {
     match e {
-        UpstreamError::Timeout { .. } => UpstreamOutcome::Timeout,
-        UpstreamError::Unavailable { .. } => UpstreamOutcome::Unavailable,
-        UpstreamError::Rejected { .. } => UpstreamOutcome::Rejected,
+        UpstreamError::Timeout { kind } => (UpstreamOutcome::Timeout, Some(*kind)),
+        UpstreamError::Unavailable { .. } => (UpstreamOutcome::Unavailable, None),
+        UpstreamError::Rejected { .. } => (UpstreamOutcome::Rejected, None),
     }
 }
 

@@ -2,7 +2,7 @@
 //! One request per call, bounded as a whole by the Maps timeout.
 
 use crate::error::{clean, http_status, retry_after_header, transport};
-use crate::{GoogleClient, Inner, outcome_of};
+use crate::{GoogleClient, Inner, upstream_outcome};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -178,13 +178,6 @@ impl Inner {
             }
         };
         self.observed(upstream, call, imagery_outcome).await
-    }
-}
-
-fn upstream_outcome(e: &UpstreamError) -> (UpstreamOutcome, Option<TimeoutKind>) {
-    match e {
-        UpstreamError::Timeout { kind } => (UpstreamOutcome::Timeout, Some(*kind)),
-        other => (outcome_of(other), None),
     }
 }
 
