@@ -384,7 +384,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             None => None,
         }
     };
-    let (served, report) = tokio::join!(tokio::time::timeout_at(began + drain, server), engine_drain);
+    // serve bounds its own drain by `drain`; the grace is only a backstop.
+    let (served, report) = tokio::join!(tokio::time::timeout_at(began + grace, server), engine_drain);
     match served {
         Ok(Ok(d)) if d.clean => info!("connections drained"),
         Ok(Ok(_)) => warn!("some connections were still open when the grace period ended"),

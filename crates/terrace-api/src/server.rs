@@ -8,8 +8,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How the server treats connections.
 #[derive(Debug, Clone)]
@@ -31,8 +31,8 @@ pub struct Drained {
 /// accepting (the listener is closed), lets in-flight requests finish and
 /// closes idle connections, waiting at most `grace`.
 ///
-/// Cancel safety: dropping the future drops the listener; connection tasks
-/// already running are aborted by the runtime when it shuts down.
+/// Cancel safety: dropping the future drops the listener and aborts every
+/// connection task (they live in a `JoinSet` owned by this future).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -42,8 +42,10 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
     let graceful = GracefulShutdown::new();
-    let tracker = TaskTracker::new();
+    let mut connections = JoinSet::new();
     loop {
+        // Reap finished connection tasks so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -55,7 +57,7 @@ pub async fn serve(
                 let service = TowerToHyperService::new(app.clone());
                 let conn = http.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
-                tracker.spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -69,11 +71,11 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracker.close();
     tracing::info!("stopped accepting; draining connections");
     let clean = tokio::time::timeout(options.grace, graceful.shutdown()).await.is_ok();
     if !clean {
-        tracing::warn!(grace = ?options.grace, "connections still open after the grace period");
+        tracing::warn!(grace = ?options.grace, "connections still open after the grace period; closing them");
+        connections.abort_all();
     }
     Drained { clean }
 }
