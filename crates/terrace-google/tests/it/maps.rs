@@ -220,11 +220,8 @@ async fn a_wrong_maps_key_is_refused_like_google_does_and_never_printed() {
 
 #[tokio::test]
 async fn a_refused_connection_is_retryable_and_prompt() {
-    // A port that was just free: nothing listens there.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        l.local_addr().expect("addr").port()
-    };
+    // Bound but not listening: refused, and no other test can take the port.
+    let (_refusing, port) = crate::support::refusing_port();
     let base = format!("http://127.0.0.1:{port}");
     let recorder = std::sync::Arc::new(Recorder::default());
     let client =

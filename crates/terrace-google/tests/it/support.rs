@@ -194,3 +194,13 @@ pub fn check_design(r: &Result<(), DesignError>, expect: &Expect) {
 pub fn assert_no_key(text: &str) {
     assert!(!text.contains(MAPS_KEY) && !text.contains(GEMINI_KEY), "a key leaked: {text}");
 }
+
+/// A loopback port that refuses connections for as long as the returned
+/// socket lives: it is bound (so no other test can take it) but never
+/// listens.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind("127.0.0.1:0".parse().expect("an address")).expect("binds");
+    let port = socket.local_addr().expect("addr").port();
+    (socket, port)
+}
