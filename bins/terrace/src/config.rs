@@ -81,12 +81,16 @@ pub struct Config {
     pub gemini_model: String,
     /// `None` only in dev mode: a random one is made.
     pub jwt_secret: Option<String>,
+    /// The audience a token with an `aud` claim must name.
+    pub jwt_audience: String,
     pub trial_credits: u64,
     pub policies: Policies,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub max_requests: usize,
     pub max_event_streams: usize,
+    pub max_requests_per_user: usize,
+    pub max_streams_per_user: usize,
     pub event_keepalive: Duration,
     pub worker_id: Option<String>,
     pub log_format: LogFormat,
@@ -205,6 +209,7 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         Some(s) if s.len() < 16 => return Err(err("TERRACE_JWT_SECRET", "must be at least 16 bytes")),
         _ => {}
     }
+    let jwt_audience = env.string("TERRACE_JWT_AUDIENCE", terrace_api::DEFAULT_AUDIENCE).trim().to_owned();
     let trial_credits = env.number("TERRACE_TRIAL_CREDITS", 3u64, (0, 1_000_000))?;
 
     let maps_timeout = env.duration("TERRACE_MAPS_TIMEOUT", Duration::from_secs(10))?;
@@ -264,6 +269,8 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     let request_timeout = env.duration("TERRACE_REQUEST_TIMEOUT", Duration::from_secs(30))?;
     let max_requests = env.number("TERRACE_MAX_CONCURRENT_REQUESTS", 512usize, (1, 1_000_000))?;
     let max_event_streams = env.number("TERRACE_MAX_EVENT_STREAMS", 1024usize, (1, 1_000_000))?;
+    let max_requests_per_user = env.number("TERRACE_MAX_REQUESTS_PER_USER", 32usize, (1, 1_000_000))?;
+    let max_streams_per_user = env.number("TERRACE_MAX_STREAMS_PER_USER", 8usize, (1, 1_000_000))?;
     let event_keepalive = env.duration("TERRACE_EVENT_KEEPALIVE", Duration::from_secs(15))?;
     let worker_id = env.raw("TERRACE_WORKER_ID").map(str::to_owned);
     let log_format = match env.string("TERRACE_LOG_FORMAT", "text").trim() {
@@ -281,12 +288,15 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         gemini_base_url,
         gemini_model,
         jwt_secret,
+        jwt_audience,
         trial_credits,
         policies,
         header_read_timeout,
         request_timeout,
         max_requests,
         max_event_streams,
+        max_requests_per_user,
+        max_streams_per_user,
         event_keepalive,
         worker_id,
         log_format,

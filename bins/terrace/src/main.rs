@@ -167,7 +167,9 @@ fn token(env: &Env<'_>, user: &str, admin: bool, ttl: &str) -> i32 {
         eprintln!("terrace: --ttl must be a duration like 30m or 1h");
         std::process::exit(EXIT_CONFIG)
     });
-    println!("{}", Jwt::new(secret.as_bytes()).mint(user, admin, ttl));
+    let audience = env.0.get("TERRACE_JWT_AUDIENCE").map(|a| a.trim()).filter(|a| !a.is_empty());
+    let jwt = Jwt::new(secret.as_bytes()).with_audience(audience.unwrap_or(terrace_api::DEFAULT_AUDIENCE));
+    println!("{}", jwt.mint(user, admin, ttl));
     0
 }
 
@@ -287,7 +289,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Some(s) => s.clone(),
         None => random_secret(),
     };
-    let jwt = Jwt::new(jwt_secret.as_bytes());
+    let jwt = Jwt::new(jwt_secret.as_bytes()).with_audience(cfg.jwt_audience.clone());
 
     // Bind before any work starts: if the port is taken, nothing was claimed.
     let listener =
@@ -314,6 +316,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             worker_id,
         )
     });
+    // Every instance ends overdue work, whatever its role: an engine sweeps
+    // on its own, an api-only instance runs the sweep alone.
+    let sweeper =
+        engine.is_none().then(|| terrace_engine::Sweeper::start(store.generations(), &cfg.policies));
     if cfg.role == Role::Api && cfg.dev_mode() {
         warn!("TERRACE_ROLE=api in dev mode: nothing will run the generations this instance creates");
     }
@@ -331,6 +337,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     api_cfg.request_timeout = cfg.request_timeout;
     api_cfg.max_requests = cfg.max_requests;
     api_cfg.max_event_streams = cfg.max_event_streams;
+    api_cfg.max_requests_per_user = cfg.max_requests_per_user;
+    api_cfg.max_streams_per_user = cfg.max_streams_per_user;
     api_cfg.keepalive_interval = cfg.event_keepalive;
     let api = Api::new(
         Deps {
@@ -379,6 +387,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // the engine hands its running generations back.
     let began = tokio::time::Instant::now();
     let engine_drain = async {
+        if let Some(s) = &sweeper {
+            s.shutdown(drain).await;
+        }
         match &engine {
             Some(e) => Some(e.shutdown(drain).await),
             None => None,

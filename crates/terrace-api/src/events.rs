@@ -7,6 +7,7 @@
 //! everything: no task is left behind.
 
 use crate::AppState;
+use crate::edge::Capacity;
 use crate::views::GenerationView;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,7 +17,6 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use terrace_domain::{Generation, GenerationId};
 use terrace_ports::Notification;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep, interval_at, sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -46,7 +46,7 @@ struct Watch {
     closes: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     _active: Active,
-    _permit: OwnedSemaphorePermit,
+    _capacity: Capacity,
 }
 
 fn frame(json: &str) -> Bytes {
@@ -116,7 +116,7 @@ pub(crate) fn stream(
     state: AppState,
     g: Generation,
     notes: BoxStream<'static, Notification>,
-    permit: OwnedSemaphorePermit,
+    capacity: Capacity,
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     let cfg = &state.0.cfg;
     let now = Instant::now();
@@ -135,7 +135,7 @@ pub(crate) fn stream(
         closes: Box::pin(sleep(cfg.generation_timeout + cfg.event_stream_slack)),
         shutdown: Box::pin(state.0.shutdown.clone().cancelled_owned()),
         _active: Active::new(state.0.metrics.event_streams()),
-        _permit: permit,
+        _capacity: capacity,
         state,
     };
     futures::stream::unfold(watch, |mut w| async move { w.next().await.map(|b| (Ok(b), w)) })

@@ -19,8 +19,9 @@ mod problem;
 mod routes;
 mod server;
 mod views;
+mod wire;
 
-pub use auth::{ADMIN_ROLE, Caller, Jwt};
+pub use auth::{ADMIN_ROLE, Caller, DEFAULT_AUDIENCE, Jwt};
 pub use blobs::{BlobUrlError, ObjectBlobStore, sniff_content_type};
 pub use edge::REQUEST_ID_HEADER;
 pub use metrics::{GENERATION_BUCKETS, Metrics, UPSTREAM_BUCKETS};
@@ -86,6 +87,10 @@ pub struct ApiConfig {
     pub max_requests: usize,
     /// Event streams open at once; more are refused with 503.
     pub max_event_streams: usize,
+    /// Non-streaming requests one user may have in flight; more get 429.
+    pub max_requests_per_user: usize,
+    /// Event streams one user may have open; more get 429.
+    pub max_streams_per_user: usize,
     /// The event stream's `: keepalive` comment interval.
     pub keepalive_interval: Duration,
     /// How often an event stream re-reads its generation when no notification came.
@@ -115,6 +120,8 @@ impl ApiConfig {
             body_limit: 64 * 1024,
             max_requests: 512,
             max_event_streams: 1024,
+            max_requests_per_user: 32,
+            max_streams_per_user: 8,
             keepalive_interval: Duration::from_secs(15),
             event_poll_interval: Duration::from_secs(5),
             event_stream_slack: Duration::from_secs(60),
@@ -170,6 +177,8 @@ struct Inner {
     shutdown: CancellationToken,
     requests: Arc<Semaphore>,
     streams: Arc<Semaphore>,
+    user_requests: Arc<edge::PerUser>,
+    user_streams: Arc<edge::PerUser>,
     accounts: KnownAccounts,
 }
 
@@ -202,6 +211,8 @@ impl Api {
             jwt,
             requests: Arc::new(Semaphore::new(cfg.max_requests)),
             streams: Arc::new(Semaphore::new(cfg.max_event_streams)),
+            user_requests: edge::PerUser::new(cfg.max_requests_per_user),
+            user_streams: edge::PerUser::new(cfg.max_streams_per_user),
             cfg,
             shutdown,
             accounts: KnownAccounts::default(),

@@ -73,6 +73,7 @@ pub struct Metrics {
     holds_voided: Family<ReasonLabel, Counter>,
     event_streams: Gauge,
     resident_memory: Gauge,
+    requests_rejected: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -102,6 +103,7 @@ impl Metrics {
             holds_voided: Family::default(),
             event_streams: Gauge::default(),
             resident_memory: Gauge::default(),
+            requests_rejected: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,7 +123,7 @@ impl Metrics {
         );
         registry.register(
             "terrace_generations_stuck",
-            "Generations processing past their deadline plus one lease TTL",
+            "Generations pending or processing past their deadline plus one lease TTL",
             m.stuck.clone(),
         );
         registry.register(
@@ -158,7 +160,15 @@ impl Metrics {
             "Resident memory of this process",
             m.resident_memory.clone(),
         );
+        registry.register(
+            "terrace_requests_rejected",
+            "Requests refused at the edge: overloaded (the instance's caps), too_many_requests (the user's caps), timeout",
+            m.requests_rejected.clone(),
+        );
         // Every label value the contract names exists from the start, at zero.
+        for reason in ["overloaded", "too_many_requests", "timeout"] {
+            let _ = m.requests_rejected.get_or_create(&ReasonLabel { reason: reason.into() });
+        }
         for s in GenerationStatus::ALL.iter().filter(|s| s.is_terminal()) {
             let _ = m.generations.get_or_create(&OutcomeLabel { outcome: s.as_str().into() });
         }
@@ -190,6 +200,11 @@ impl Metrics {
             let _ = m.holds_voided.get_or_create(&ReasonLabel { reason: c.as_str().into() });
         }
         Self { registry, ..m }
+    }
+
+    /// A request refused at the edge, by reason.
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        self.requests_rejected.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
     }
 
     /// One more (or one fewer) open event stream.

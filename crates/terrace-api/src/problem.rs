@@ -64,13 +64,37 @@ impl Problem {
         self
     }
 
-    /// 400 `validation_failed`, naming every bad field.
-    pub fn validation(errors: Vec<FieldError>) -> Self {
+    /// At most this many field errors are listed in one answer (CONTRACT §5).
+    pub const MAX_FIELD_ERRORS: usize = 50;
+
+    /// 400 `validation_failed`, naming the bad fields (the first
+    /// [`Problem::MAX_FIELD_ERRORS`] of them).
+    pub fn validation(mut errors: Vec<FieldError>) -> Self {
         let detail = match errors.as_slice() {
             [one] => format!("{}: {}", one.field, one.message),
+            many if many.len() > Self::MAX_FIELD_ERRORS => {
+                format!("{} fields are invalid; the first {} are listed", many.len(), Self::MAX_FIELD_ERRORS)
+            }
             many => format!("{} fields are invalid", many.len()),
         };
+        errors.truncate(Self::MAX_FIELD_ERRORS);
         Self { errors: Some(errors), ..Self::new(StatusCode::BAD_REQUEST, "validation_failed", detail) }
+    }
+
+    pub fn too_many_requests(retry_after: u32) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "you have too many requests in flight; retry shortly",
+        )
+        .retry_after(retry_after)
+    }
+
+    pub fn invalid_cursor() -> Self {
+        Self::validation(vec![FieldError {
+            field: "cursor".into(),
+            message: "is not a cursor this API gave".into(),
+        }])
     }
 
     pub fn not_found() -> Self {
@@ -119,6 +143,7 @@ impl Problem {
     pub fn from_store(e: &StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::not_found(),
+            StoreError::InvalidCursor => Self::invalid_cursor(),
             StoreError::Busy => Self::account_busy(),
             StoreError::Timeout { .. } => {
                 tracing::warn!(error = %e, "store timed out");
@@ -190,19 +215,25 @@ impl Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let title = self.status.canonical_reason().unwrap_or("Error");
+impl Problem {
+    /// The problem document, naming `request_id`.
+    pub(crate) fn to_json(&self, request_id: Option<&str>) -> Vec<u8> {
         let body = Body {
             kind: format!("/problems/{}", self.code),
-            title,
+            title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
             detail: &self.detail,
             code: self.code,
-            request_id: current_request_id(),
+            request_id: request_id.map(str::to_owned),
             errors: self.errors.as_deref(),
         };
-        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let json = self.to_json(current_request_id().as_deref());
         let mut res = (self.status, json).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {

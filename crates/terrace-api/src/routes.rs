@@ -72,8 +72,13 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let header = parts.headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
-        let caller = state.0.jwt.authenticate(header)?;
+        let caller = match parts.extensions.get::<crate::edge::Verified>() {
+            Some(v) => v.0,
+            None => {
+                let header = parts.headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+                state.0.jwt.authenticate(header)?
+            }
+        };
         if !state.0.accounts.is_known(caller.user) {
             state
                 .bounded(
@@ -149,23 +154,43 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
     if ok { Ok(()) } else { Err(Problem::unsupported_media_type()) }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Problem> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large =
-            std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            Problem::payload_too_large(limit)
-        } else {
-            Problem::new(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read")
-        }
-    })
+/// Says a serde message in the words of the wire: JSON's types, never the
+/// Rust types behind them (`expected struct RawGrant`, `expected i64`).
+fn wire_words(message: &str) -> String {
+    let mut out = Vec::new();
+    let mut words = message.split(' ').peekable();
+    while let Some(w) = words.next() {
+        let (core, tail) = match w.find(|c: char| !c.is_ascii_alphanumeric()) {
+            Some(i) => w.split_at(i),
+            None => (w, ""),
+        };
+        let said = match core {
+            "struct" if words.peek().is_some() => {
+                // `struct Name` (and `struct Name with 2 elements`).
+                let name = words.next().unwrap_or_default();
+                let rest = &name[name.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(name.len())..];
+                out.push(format!("an object{rest}"));
+                continue;
+            }
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
+            | "usize" => "an integer",
+            "f32" | "f64" => "a number",
+            "sequence" => "list",
+            "map" => "object",
+            "unit" => "null",
+            _ => core,
+        };
+        out.push(format!("{said}{tail}"));
+    }
+    out.join(" ")
 }
 
+/// Exactly one JSON value (trailing whitespace allowed), as `T`.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
-        let message = e.into_inner().to_string();
+        let message = wire_words(&e.into_inner().to_string());
         let root = matches!(path.as_str(), "." | "?" | "");
         // serde names a missing field in its message, not in the path.
         let missing = message.strip_prefix("missing field `").and_then(|r| r.split('`').next());
@@ -176,12 +201,19 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             (false, None) => path,
         };
         Problem::validation(vec![FieldError { field, message }])
-    })
+    })?;
+    de.end().map_err(|_| {
+        Problem::validation(vec![FieldError {
+            field: "body".into(),
+            message: "must be exactly one JSON value; more follows it".into(),
+        }])
+    })?;
+    Ok(value)
 }
 
 async fn json_body<T: DeserializeOwned>(s: &AppState, headers: &HeaderMap, body: Body) -> Result<T, Problem> {
     require_json(headers)?;
-    let bytes = read_body(body, s.0.cfg.body_limit).await?;
+    let bytes = crate::edge::read_body(body, s.0.cfg.body_limit).await?;
     parse_json(&bytes)
 }
 
@@ -214,13 +246,6 @@ fn query_cursor(pairs: &[(String, String)], errors: &mut Vec<FieldError>) -> Opt
     Some(c)
 }
 
-fn invalid_cursor() -> Problem {
-    Problem::validation(vec![FieldError {
-        field: "cursor".into(),
-        message: "is not a cursor this API gave".into(),
-    }])
-}
-
 // ---- account ----
 
 pub async fn account(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
@@ -240,15 +265,7 @@ pub async fn transactions(
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
-    let had_cursor = cursor.is_some();
-    let page = s
-        .bounded(s.0.ledger.transactions(c.user, limit, cursor), |e| match e {
-            terrace_domain::LedgerError::Store(terrace_domain::StoreError::Internal { .. }) if had_cursor => {
-                invalid_cursor()
-            }
-            e => Problem::from_ledger(e),
-        })
-        .await?;
+    let page = s.bounded(s.0.ledger.transactions(c.user, limit, cursor), Problem::from_ledger).await?;
     let view = PageView {
         items: page.items.iter().map(TransactionView::of).collect(),
         next_cursor: page.next_cursor,
@@ -372,13 +389,8 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
-    let had_cursor = cursor.is_some();
-    let page = s
-        .bounded(s.0.store.list(c.user, ListQuery { limit, cursor, status }), |e| match e {
-            terrace_domain::StoreError::Internal { .. } if had_cursor => invalid_cursor(),
-            e => Problem::from_store(e),
-        })
-        .await?;
+    let page =
+        s.bounded(s.0.store.list(c.user, ListQuery { limit, cursor, status }), Problem::from_store).await?;
     let view = PageView {
         items: page.items.iter().map(GenerationView::of).collect(),
         next_cursor: page.next_cursor,
@@ -422,10 +434,10 @@ pub async fn events(
     Authed(c): Authed,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let permit = s.0.streams.clone().try_acquire_owned().map_err(|_| Problem::overloaded())?;
+    let capacity = s.capacity(Some(c), &s.0.user_streams, &s.0.streams)?;
     let notes = s.0.store.notifications();
     let g = s.visible(c, &id).await?;
-    let body = Body::from_stream(events::stream(s.clone(), g, notes, permit));
+    let body = Body::from_stream(events::stream(s.clone(), g, notes, capacity));
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -434,13 +446,32 @@ pub async fn events(
     Ok(res)
 }
 
-fn image_response(image: terrace_ports::Image) -> Response {
-    let mut res = Response::new(Body::from(image.bytes));
+/// A stored image: it never changes once stored, so it is cached as
+/// immutable and validated by a strong `ETag` of its bytes (304 when the
+/// caller has it already).
+fn image_response(image: terrace_ports::Image, request: &HeaderMap) -> Response {
+    let digest = Sha256::digest(&image.bytes);
+    let etag = format!("\"{}\"", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let cached = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut res = if cached {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Body::from(image.bytes));
+        if let Ok(v) = HeaderValue::from_str(&image.content_type) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r
+    };
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&image.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
     res
 }
 
@@ -448,6 +479,7 @@ pub async fn area_image(
     State(s): State<AppState>,
     Authed(c): Authed,
     Path((id, area)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let g = s.visible(c, &id).await?;
     let kind = AreaKind::parse(&area).map_err(|_| Problem::not_found())?;
@@ -457,18 +489,19 @@ pub async fn area_image(
     }
     let key = a.image_key.clone().unwrap_or_else(|| blob_key::design(g.id, kind));
     let image = s.bounded(s.0.blobs.get(&key), Problem::from_blob).await?;
-    Ok(image_response(image))
+    Ok(image_response(image, &headers))
 }
 
 pub async fn source_image(
     State(s): State<AppState>,
     Authed(c): Authed,
     Path((id, source)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let g = s.visible(c, &id).await?;
     let kind = SourceKind::parse(&source).ok_or_else(Problem::not_found)?;
     let image = s.bounded(s.0.blobs.get(&blob_key::source(g.id, kind)), Problem::from_blob).await?;
-    Ok(image_response(image))
+    Ok(image_response(image, &headers))
 }
 
 // ---- admin ----

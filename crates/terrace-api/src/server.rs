@@ -2,6 +2,7 @@
 //! `header_read_timeout` does nothing), one tracked task per connection, and a
 //! graceful drain on shutdown bounded by the grace period.
 
+use crate::wire::Answering;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -55,7 +56,7 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(app.clone());
-                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let conn = http.serve_connection(TokioIo::new(Answering::new(stream)), service);
                 let conn = graceful.watch(conn);
                 connections.spawn(async move {
                     if let Err(e) = conn.await {

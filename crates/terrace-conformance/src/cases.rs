@@ -743,6 +743,40 @@ pub async fn gauges_count_held_credits(s: &Subject) {
     s.store.ping().await.unwrap();
 }
 
+/// Work nobody runs counts as stuck too (CONTRACT §5): `pending` past its
+/// deadline plus one lease TTL, as well as `processing`.
+pub async fn gauges_count_pending_work_past_its_deadline_as_stuck(s: &Subject) {
+    let user = UserId::new_random();
+    let ttl = Duration::from_millis(100);
+    let pending = create_within(s, user, &[FrontYard], Duration::from_millis(300), 5).await;
+    let running = create_within(s, user, &[Patio], Duration::from_millis(300), 5).await;
+    create(s, user, &[Backyard], 5).await;
+    claim_it(s, &running, &worker("w"), TTL).await;
+    let stuck = eventually("both overdue generations count as stuck", BOUND, async || {
+        let n = s.store.gauges(ttl).await.unwrap().stuck;
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(stuck, 2);
+    assert_eq!(s.store.end_overdue(10).await.unwrap(), [pending.id], "the live lease is spared");
+    assert_eq!(s.store.gauges(ttl).await.unwrap().stuck, 1);
+}
+
+pub async fn a_cursor_the_store_did_not_give_is_invalid(s: &Subject) {
+    let user = UserId::new_random();
+    create(s, user, &[FrontYard], 3).await;
+    for bad in ["garbage", "12x", ""] {
+        let q = ListQuery { limit: 5, cursor: Some(bad.to_owned()), status: None };
+        assert_eq!(
+            s.store.list(user, q).await.map(|p| p.items.len()),
+            Err(StoreError::InvalidCursor),
+            "{bad:?}"
+        );
+        let t = s.ledger.transactions(user, 5, Some(bad.to_owned())).await.map(|p| p.items.len());
+        assert_eq!(t, Err(terrace_domain::LedgerError::Store(StoreError::InvalidCursor)), "{bad:?}");
+    }
+}
+
 pub async fn cancel_racing_a_worker_resolves_each_hold_once(s: &Subject) {
     let user = UserId::new_random();
     let areas = [FrontYard, Backyard, Patio, Walkway];

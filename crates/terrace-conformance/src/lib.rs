@@ -91,6 +91,8 @@ macro_rules! suite {
             concurrent_holds_never_overdraw,
             notifications_announce_creation_and_cancellation,
             gauges_count_held_credits,
+            gauges_count_pending_work_past_its_deadline_as_stuck,
+            a_cursor_the_store_did_not_give_is_invalid,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

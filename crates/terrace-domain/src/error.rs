@@ -274,6 +274,9 @@ pub enum StoreError {
     Busy,
     #[error("not found")]
     NotFound,
+    /// A paging cursor that this store did not give out.
+    #[error("the cursor is not one this store gave")]
+    InvalidCursor,
     #[error("the lease on this generation was lost")]
     LeaseLost,
     #[error("the generation or area is already finished")]

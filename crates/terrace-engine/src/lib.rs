@@ -11,6 +11,8 @@
 //! - [`Engine`]: an instance's worker: claims work (on wake and every sweep
 //!   interval), renews its leases with one heartbeat statement, ends overdue
 //!   work, and delivers cancellation to the task that runs it.
+//! - [`Sweeper`]: the sweep alone, for instances that run no engine (role
+//!   `api`), so that every instance ends overdue work.
 //!
 //! Time is tokio's (`tokio::time`), so tests pause it and run minutes of
 //! deadlines in milliseconds.
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use terrace_ports::{BlobStore, Clock, DesignModel, GenerationStore, Geocoder, Imagery, Observer};
 
 pub use supervisor::{ShutdownReport, StopReason, Supervisor, TaskInfo};
-pub use worker::Engine;
+pub use worker::{Engine, Sweeper};
 
 /// Everything the engine talks to.
 #[derive(Clone)]

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use terrace_domain::{Generation, Policies};
-use terrace_ports::{Lease, Notification, WorkerId};
+use terrace_ports::{GenerationStore, Lease, Notification, WorkerId};
 use tokio::sync::Notify;
 use tokio::time::{MissedTickBehavior, interval, sleep};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,59 @@ use tracing::{debug, info, warn};
 
 /// How many overdue generations one sweep ends at most.
 const SWEEP_BATCH: usize = 500;
+
+/// Ends overdue work once: every generation still `pending` or `processing`
+/// past its deadline whose lease (if any) has run out ends `failed`
+/// (`deadline_exceeded`), its holds voided.
+async fn sweep_once(store: &dyn GenerationStore, call_limit: Duration) {
+    match bounded(call_limit, "end_overdue", store.end_overdue(SWEEP_BATCH)).await {
+        Ok(ended) if !ended.is_empty() => info!(count = ended.len(), "ended overdue generations"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "sweep failed"),
+    }
+}
+
+/// The sweep alone, for an instance that runs no [`Engine`] (role `api`):
+/// every instance, whatever its role, ends overdue work (CONTRACT §5), so a
+/// hold never outlives its deadline for want of a worker. An [`Engine`]
+/// sweeps on its own; run one or the other.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    supervisor: Supervisor,
+    stop: CancellationToken,
+}
+
+impl Sweeper {
+    /// Sweeps now and then every `policies.lease.sweep_interval`. Must be
+    /// called inside a tokio runtime.
+    pub fn start(store: Arc<dyn GenerationStore>, policies: &Policies) -> Sweeper {
+        let sweeper = Sweeper { supervisor: Supervisor::new(), stop: CancellationToken::new() };
+        let (stop, every, limit) =
+            (sweeper.stop.clone(), policies.lease.sweep_interval, policies.db.call_timeout());
+        sweeper.supervisor.spawn_loop(async move {
+            let mut tick = interval(every);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => sweep_once(&*store, limit).await,
+                }
+            }
+        });
+        sweeper
+    }
+
+    /// Stops sweeping; waits at most `grace` for a sweep in progress.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.stop.cancel();
+        self.supervisor.shutdown(grace).await
+    }
+
+    /// Its loop, while it runs (0 after shutdown).
+    pub fn tracked_tasks(&self) -> usize {
+        self.supervisor.tracked()
+    }
+}
 
 /// A running worker. Cheap to clone; all clones drive the same worker.
 #[derive(Debug, Clone)]
@@ -146,12 +199,7 @@ impl Engine {
     }
 
     async fn sweep(&self) {
-        let store = &self.inner.ports.store;
-        match bounded(self.call_limit(), "end_overdue", store.end_overdue(SWEEP_BATCH)).await {
-            Ok(ended) if !ended.is_empty() => info!(count = ended.len(), "ended overdue generations"),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "sweep failed"),
-        }
+        sweep_once(&*self.inner.ports.store, self.call_limit()).await;
     }
 
     async fn claim_loop(self) {

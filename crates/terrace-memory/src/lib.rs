@@ -291,9 +291,7 @@ fn page<T>(items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Pag
 }
 
 fn parse_cursor(c: &Option<String>) -> Result<Option<u64>, StoreError> {
-    c.as_deref()
-        .map(|s| s.parse::<u64>().map_err(|_| StoreError::Internal { detail: "malformed cursor".into() }))
-        .transpose()
+    c.as_deref().map(|s| s.parse::<u64>().map_err(|_| StoreError::InvalidCursor)).transpose()
 }
 
 #[async_trait]
@@ -597,8 +595,7 @@ impl GenerationStore for MemoryStore {
             .rows
             .values()
             .filter(|r| {
-                r.generation.status == GenerationStatus::Processing
-                    && r.generation.deadline_at + delta(lease_ttl) < now
+                !r.generation.status.is_terminal() && r.generation.deadline_at + delta(lease_ttl) < now
             })
             .count() as u64;
         Ok(StoreGauges { credits_held: s.accounts.values().map(|a| a.held).sum(), stuck })

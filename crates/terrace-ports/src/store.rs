@@ -137,7 +137,7 @@ pub enum Notification {
 pub struct StoreGauges {
     /// Credits held across all accounts.
     pub credits_held: u64,
-    /// Generations processing past their deadline plus one lease TTL.
+    /// Generations pending or processing past their deadline plus one lease TTL.
     pub stuck: u64,
 }
 

@@ -42,9 +42,7 @@ impl Ledger for PgStore {
     ) -> Result<Page<LedgerEntry>, LedgerError> {
         let before = match cursor.as_deref() {
             None => i64::MAX,
-            Some(c) => {
-                c.parse::<i64>().map_err(|_| StoreError::Internal { detail: "malformed cursor".into() })?
-            }
+            Some(c) => c.parse::<i64>().map_err(|_| StoreError::InvalidCursor)?,
         };
         self.db()
             .run("transactions", async |c| {

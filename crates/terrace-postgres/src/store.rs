@@ -462,9 +462,7 @@ impl GenerationStore for PgStore {
     async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
         let before = match query.cursor.as_deref() {
             None => i64::MAX,
-            Some(c) => {
-                c.parse::<i64>().map_err(|_| StoreError::Internal { detail: "malformed cursor".into() })?
-            }
+            Some(c) => c.parse::<i64>().map_err(|_| StoreError::InvalidCursor)?,
         };
         let limit = query.limit;
         let status = query.status.map(GenerationStatus::as_str);
@@ -728,7 +726,7 @@ impl GenerationStore for PgStore {
                     .query_one_cached(
                         "SELECT (SELECT COALESCE(sum(held), 0)::bigint FROM accounts),
                                 (SELECT count(*) FROM generations
-                                  WHERE status = 'processing'
+                                  WHERE status IN ('pending', 'processing')
                                     AND deadline_at + make_interval(secs => $1) < now())",
                         &[&secs(lease_ttl)],
                     )

@@ -121,3 +121,54 @@ async fn users_see_only_their_own_things_and_admins_see_all() {
     assert!(tx["items"].as_array().unwrap().iter().all(|e| e["generation_id"].is_null()));
     assert_eq!(t.get(&format!("/v1/generations/{id}"), &t.admin_token()).await.0, 200);
 }
+
+/// An access token exactly as Supabase Auth issues one.
+fn supabase_claims(user: &str, aud: &str) -> serde_json::Value {
+    let iat = now();
+    json!({
+        "aud": aud, "exp": iat + 3600, "iat": iat, "iss": "https://abcd.supabase.co/auth/v1",
+        "sub": user, "email": "gardener@example.com", "phone": "",
+        "app_metadata": {"provider": "email", "providers": ["email"]},
+        "user_metadata": {"email": "gardener@example.com", "email_verified": true, "sub": user},
+        "role": "authenticated", "aal": "aal1",
+        "amr": [{"method": "password", "timestamp": iat}],
+        "session_id": "3f1c2b9e-6a4d-4c1e-9b7a-2d5e8f0a1b3c", "is_anonymous": false,
+    })
+}
+
+#[tokio::test]
+async fn supabase_access_tokens_sign_in_and_the_audience_is_configurable() {
+    let sim = simulator().await;
+    let user = UserId::new_random();
+    let token = |aud: &str| {
+        format!(
+            "bearer {}",
+            sign(Algorithm::HS256, &supabase_claims(&user.to_string(), aud), SECRET.as_bytes())
+        )
+    };
+    let t = Terrace::start(&base_env(&sim)).await;
+    let (status, account) = t.get("/v1/account", &token("authenticated")).await;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(
+        (account["user_id"].as_str(), account["trial_credits"].as_u64()),
+        (Some(&*user.to_string()), Some(3))
+    );
+    assert_eq!(t.get("/v1/account", &token("someone-else")).await.0, 401);
+    // An upper-case spelling of the same user is not the same account.
+    let upper = format!(
+        "Bearer {}",
+        sign(
+            Algorithm::HS256,
+            &supabase_claims(&user.to_string().to_uppercase(), "authenticated"),
+            SECRET.as_bytes()
+        )
+    );
+    assert_eq!(t.get("/v1/account", &upper).await.0, 401);
+    drop(t);
+
+    let mut env = base_env(&sim);
+    set(&mut env, "TERRACE_JWT_AUDIENCE", "terrace-web");
+    let t = Terrace::start(&env).await;
+    assert_eq!(t.get("/v1/account", &token("terrace-web")).await.0, 200);
+    assert_eq!(t.get("/v1/account", &token("authenticated")).await.0, 401);
+}

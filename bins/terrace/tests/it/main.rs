@@ -9,6 +9,7 @@ mod faults;
 mod flows;
 mod front;
 mod openapi;
+mod overdue;
 mod shutdown;
 mod support;
 mod validation;

@@ -3,5 +3,7 @@
 
 mod edge;
 mod events;
+mod fair;
 mod ops;
 mod support;
+mod wire;

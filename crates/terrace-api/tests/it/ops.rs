@@ -55,6 +55,9 @@ async fn metrics_expose_every_contract_name_even_with_a_stalled_store() {
         "terrace_holds_voided_total",
         "terrace_event_streams_active",
         "process_resident_memory_bytes",
+        "terrace_requests_rejected_total{reason=\"overloaded\"}",
+        "terrace_requests_rejected_total{reason=\"too_many_requests\"}",
+        "terrace_requests_rejected_total{reason=\"timeout\"}",
     ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "/metrics lacks {name}");
     }

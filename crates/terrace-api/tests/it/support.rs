@@ -17,6 +17,10 @@ pub struct Stall {
     pub stalled: Arc<tokio::sync::watch::Sender<bool>>,
     /// Every call panics (a bug somewhere below the API).
     pub panics: Arc<std::sync::atomic::AtomicBool>,
+    /// `list` fails with an internal error (a store that broke).
+    pub list_fails: Arc<std::sync::atomic::AtomicBool>,
+    /// `list` hangs for this user only, while set.
+    pub slow_user: Arc<tokio::sync::watch::Sender<Option<UserId>>>,
 }
 
 impl Stall {
@@ -60,6 +64,10 @@ impl GenerationStore for Stall {
     }
     async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
         self.gate().await;
+        let _ = self.slow_user.subscribe().wait_for(|slow| *slow != Some(user)).await;
+        if self.list_fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Internal { detail: "the disk is on fire".into() });
+        }
         self.inner.list(user, query).await
     }
     async fn cancel(&self, id: GenerationId) -> Result<CancelOutcome, StoreError> {
@@ -167,6 +175,7 @@ pub const SECRET: &[u8] = b"test-secret-test-secret";
 pub struct App {
     pub addr: SocketAddr,
     pub store: Stall,
+    pub blobs: MemoryBlobs,
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<terrace_api::Drained>,
     pub http: reqwest::Client,
@@ -182,6 +191,8 @@ impl App {
             inner: inner.clone(),
             stalled: Arc::new(tokio::sync::watch::channel(false).0),
             panics: Arc::default(),
+            list_fails: Arc::default(),
+            slow_user: Arc::new(tokio::sync::watch::channel(None).0),
         };
         let mut cfg = ApiConfig::new(
             3,
@@ -194,11 +205,12 @@ impl App {
         let header_read_timeout = cfg.header_read_timeout;
         let shutdown = CancellationToken::new();
         let jwt = Jwt::new(SECRET);
+        let blobs = MemoryBlobs::new();
         let api = Api::new(
             Deps {
                 store: Arc::new(store.clone()),
                 ledger: Arc::new(inner),
-                blobs: Arc::new(MemoryBlobs::new()),
+                blobs: Arc::new(blobs.clone()),
                 work: Some(Arc::new(FakeWork)),
                 metrics: Arc::new(Metrics::new()),
             },
@@ -212,7 +224,7 @@ impl App {
         let router = api.router();
         let server = tokio::spawn(terrace_api::serve(listener, router.clone(), options, shutdown.clone()));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
-        App { addr, store, shutdown, server, http, jwt, router }
+        App { addr, store, blobs, shutdown, server, http, jwt, router }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -225,6 +237,17 @@ impl App {
 
     pub fn stall(&self, on: bool) {
         self.store.stalled.send_replace(on);
+    }
+
+    /// Waits (bounded) until `n` store calls wait at a gate (stalled, or the slow user's).
+    pub async fn until_slow(&self, n: usize) {
+        tokio::time::timeout(Duration::from_secs(3), async {
+            while self.store.slow_user.receiver_count() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the slow user's calls never reached the store");
     }
 
     /// Waits (bounded) until `n` store calls wait at the stalled gate.

@@ -197,6 +197,30 @@ async fn overdue_work_nobody_ran_is_ended_by_the_sweep() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn without_any_worker_the_sweeper_alone_ends_overdue_work_and_voids_its_holds() {
+    let world = World::new(FakeGoogle::new());
+    let (_, id) = world.create(&["patio", "backyard"], 3).await;
+    let (_, other) = world.create(&["walkway"], 3).await;
+    let sweeper = terrace_engine::Sweeper::start(world.ports.store.clone(), &policies());
+    assert_eq!(sweeper.tracked_tasks(), 1);
+    let deadline = world.ports.store.get(id).await.unwrap().unwrap().deadline_at;
+    tokio::time::advance(policies().generation_timeout).await;
+    let g =
+        wait_for(&*world.ports.store, id, policies().lease.sweep_interval * 2, |g| g.status.is_terminal())
+            .await;
+    let ended = g.completed_at.expect("an end time");
+    assert!(ended - deadline <= chrono::Duration::from_std(policies().lease.sweep_interval).unwrap());
+    assert_eq!(g.error.map(|e| e.code), Some(ErrorCode::DeadlineExceeded));
+    assert!(g.areas.iter().all(|a| a.hold == HoldState::Voided));
+    world.assert_ledger(id).await;
+    assert!(world.ports.store.get(other).await.unwrap().unwrap().status.is_terminal(), "both were overdue");
+    let report = sweeper.shutdown(Duration::from_secs(1)).await;
+    assert!(report.drained);
+    assert_eq!(sweeper.tracked_tasks(), 0);
+    assert_eq!(world.google.design_calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_waits_no_longer_than_its_grace_even_for_a_task_that_ignores_it() {
     let sup = Supervisor::new();
     let info = TaskInfo {
