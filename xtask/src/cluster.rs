@@ -86,6 +86,46 @@ impl Proc {
         bail!("{} did not print its address within {bound:?}; see {}", self.name, self.log.display())
     }
 
+    /// Starts `program` with `env`, its output in `log`, for a program that
+    /// does not print its address (HAProxy): waits (at most `bound`) until
+    /// `addr` accepts connections.
+    pub fn start_at(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+        addr: &str,
+        bound: Duration,
+    ) -> Result<Proc> {
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let mut p = Proc { name: name.to_owned(), child, addr: addr.to_owned(), log };
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(p);
+            }
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{name} exited ({status}) before listening; see {}", p.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{name} did not listen on {addr} within {bound:?}; see {}", p.log.display())
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

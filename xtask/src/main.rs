@@ -11,11 +11,16 @@
 //! - `chaos`: three instances on one Postgres and a simulator injecting
 //!   faults; kills one instance mid-run and restarts it, restarts Postgres
 //!   once, then checks that every hold resolved.
+//! - `lb [--duration 60s --creators N --config FILE]`: three instances behind
+//!   HAProxy (`deploy/haproxy.cfg`), traffic through it while each instance in
+//!   turn is restarted with SIGTERM; passes only if no request failed, every
+//!   event stream ended cleanly, and every generation and hold resolved.
 //! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
 //!   its URL (for running single tests by hand).
 
 mod chaos;
 mod cluster;
+mod lb;
 mod loadtest;
 mod postgres;
 
@@ -53,6 +58,7 @@ fn run() -> Result<()> {
         }
         "loadtest" => loadtest::run(&rest),
         "chaos" => chaos::run(&rest),
+        "lb" => lb::run(&rest),
         "postgres" => {
             let pg = postgres::TestPostgres::start()?;
             println!("TERRACE_TEST_DATABASE_URL={}", pg.url());
@@ -61,7 +67,7 @@ fn run() -> Result<()> {
             std::io::stdin().read_line(&mut line)?;
             Ok(())
         }
-        _ => bail!("usage: cargo xtask <test|ci|loadtest|chaos|postgres> [ARGS…]"),
+        _ => bail!("usage: cargo xtask <test|ci|loadtest|chaos|lb|postgres> [ARGS…]"),
     }
 }
 
