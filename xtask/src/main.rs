@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's one entry point for checks.
 //!
-//! - `test [ARGS…]`: starts a throwaway Postgres, then runs every test with
+//! - `test [ARGS…]`: checks and tests the alert rules of `deploy/` with
+//!   promtool, starts a throwaway Postgres, then runs every test with
 //!   cargo-nextest (ARGS are passed on: `-p CRATE` narrows the run), then
 //!   stops Postgres.
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`:
@@ -77,6 +78,7 @@ fn workspace_root() -> std::path::PathBuf {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    alert_rules()?;
     let pg = postgres::TestPostgres::start()?;
     let profile = if std::env::var_os("CI").is_some() { "ci" } else { "default" };
     let mut args = vec!["nextest", "run", "--locked", "--no-fail-fast", "--profile", profile];
@@ -95,6 +97,19 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("tests failed ({status})");
     }
     Ok(())
+}
+
+/// Checks `deploy/alerts.yml` and runs its unit tests (`deploy/alerts.test.yml`)
+/// with promtool.
+fn alert_rules() -> Result<()> {
+    let found = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        bail!(
+            "promtool not found: it checks and tests the alert rules in deploy/ (Debian: apt-get install prometheus; .ci/run installs it)"
+        );
+    }
+    cmd("promtool", &["check", "rules", "deploy/alerts.yml"])?;
+    cmd("promtool", &["test", "rules", "deploy/alerts.test.yml"])
 }
 
 pub(crate) fn cmd(program: &str, args: &[&str]) -> Result<()> {
