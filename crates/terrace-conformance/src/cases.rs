@@ -816,3 +816,166 @@ pub async fn cancel_racing_a_worker_resolves_each_hold_once(s: &Subject) {
     let acc = account(s, user).await;
     assert_eq!((acc.held, acc.captured, acc.trial_credits), (0, completed, 4 - completed));
 }
+
+// ---- billing (CONTRACT §7) ----
+
+use terrace_domain::billing::{
+    BillingChange, BillingEvent, EventOrder, Package, SubscriptionChange, SubscriptionStatus, WebhookOutcome,
+};
+
+fn event(id: &str, created: i64, rank: u8, change: BillingChange) -> BillingEvent {
+    BillingEvent { id: id.to_owned(), kind: "test.event".into(), order: EventOrder { created, rank }, change }
+}
+
+fn purchase(user: UserId, package: &str, payment_intent: &str) -> BillingChange {
+    BillingChange::Purchase {
+        user,
+        package: Package::find(package).expect("a package"),
+        payment_intent: payment_intent.to_owned(),
+        customer_id: Some("cus_1".into()),
+    }
+}
+
+fn sub_change(user: Option<UserId>, status: SubscriptionStatus, cancel_at_end: bool) -> BillingChange {
+    BillingChange::Subscription {
+        user,
+        change: SubscriptionChange {
+            customer_id: Some(format!("cus_{}", user.map_or("x".into(), |u| u.to_string()))),
+            subscription_id: Some("sub_1".into()),
+            plan: Some("monthly_pro".into()),
+            status: Some(status),
+            current_period_end: None,
+            cancel_at_period_end: Some(cancel_at_end),
+        },
+    }
+}
+
+pub async fn a_purchase_credits_once_however_often_it_is_delivered(s: &Subject) {
+    let user = UserId::new_random();
+    let paid =
+        event(&format!("evt_{}", GenerationId::new_random()), 100, 2, purchase(user, "package_50", "pi_1"));
+    // Five deliveries at once.
+    let deliveries: Vec<_> = (0..5)
+        .map(|_| {
+            let (billing, paid) = (Arc::clone(&s.billing), paid.clone());
+            tokio::spawn(async move { billing.apply_event(&paid, 3).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for d in deliveries {
+        outcomes.push(d.await.unwrap().expect("applied or a duplicate"));
+    }
+    assert_eq!(outcomes.iter().filter(|o| **o == WebhookOutcome::Applied).count(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| **o == WebhookOutcome::Duplicate).count(), 4, "{outcomes:?}");
+    // Another event about the same payment credits nothing more.
+    let again = event("evt_other", 101, 2, purchase(user, "package_50", "pi_1"));
+    assert_eq!(s.billing.apply_event(&again, 3).await.unwrap(), WebhookOutcome::Ignored);
+    let acc = account(s, user).await;
+    assert_eq!((acc.trial_credits, acc.token_balance), (3, 50));
+    let credits: Vec<_> = all_entries(s, user)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == LedgerKind::Credit && e.source == CreditSource::Token)
+        .map(|e| (e.amount, e.reference))
+        .collect();
+    assert_eq!(credits, [(50, Some("stripe:pi_1".to_owned()))]);
+    assert_eq!(s.billing.subscription(user).await.unwrap().customer_id.as_deref(), Some("cus_1"));
+}
+
+pub async fn subscription_events_out_of_order_never_move_it_back(s: &Subject) {
+    let user = UserId::new_random();
+    // `updated` (cancel at period end) is delivered before `created`.
+    let updated = event("evt_u", 200, 3, sub_change(Some(user), SubscriptionStatus::Active, true));
+    let created = event("evt_c", 100, 1, sub_change(Some(user), SubscriptionStatus::Active, false));
+    assert_eq!(s.billing.apply_event(&updated, 3).await.unwrap(), WebhookOutcome::Applied);
+    assert_eq!(s.billing.apply_event(&created, 3).await.unwrap(), WebhookOutcome::Ignored);
+    let sub = s.billing.subscription(user).await.unwrap();
+    assert_eq!((sub.status, sub.cancel_at_period_end), (SubscriptionStatus::Active, true));
+    assert_eq!(sub.plan.as_deref(), Some("monthly_pro"));
+    // An invoice naming only the subscription finds its user.
+    let failed = event("evt_f", 300, 4, sub_change(None, SubscriptionStatus::PastDue, true));
+    let BillingChange::Subscription { change, .. } = failed.change.clone() else { unreachable!() };
+    let failed = BillingEvent {
+        change: BillingChange::Subscription {
+            user: None,
+            change: SubscriptionChange { customer_id: None, ..change },
+        },
+        ..failed
+    };
+    assert_eq!(s.billing.apply_event(&failed, 3).await.unwrap(), WebhookOutcome::Applied);
+    assert_eq!(s.billing.subscription(user).await.unwrap().status, SubscriptionStatus::PastDue);
+    let deleted = event("evt_d", 400, 5, sub_change(Some(user), SubscriptionStatus::Cancelled, false));
+    assert_eq!(s.billing.apply_event(&deleted, 3).await.unwrap(), WebhookOutcome::Applied);
+    assert_eq!(s.billing.apply_event(&deleted, 3).await.unwrap(), WebhookOutcome::Duplicate);
+    assert_eq!(s.billing.subscription(user).await.unwrap().status, SubscriptionStatus::Cancelled);
+    let none = s.billing.subscription(UserId::new_random()).await.unwrap();
+    assert_eq!((none.status, none.customer_id), (SubscriptionStatus::None, None));
+}
+
+pub async fn an_active_subscription_holds_nothing_and_a_lapsed_one_pays_trial_then_tokens(s: &Subject) {
+    let user = UserId::new_random();
+    s.ledger
+        .grant(user, GrantAmount::parse(1).unwrap(), &CreditReference::parse("pay_1").unwrap(), 1)
+        .await
+        .unwrap();
+    let active = event("evt_a", 100, 1, sub_change(Some(user), SubscriptionStatus::Active, false));
+    s.billing.apply_event(&active, 1).await.unwrap();
+    // Free while active: holds of amount 0 from the subscription, resolved once.
+    let free = create(s, user, &[FrontYard, Backyard, Patio], 1).await;
+    assert!(
+        free.areas.iter().all(|a| a.hold_source == CreditSource::Subscription && a.hold == HoldState::Held)
+    );
+    let acc = account(s, user).await;
+    assert_eq!((acc.trial_credits, acc.token_balance, acc.held), (1, 1, 0));
+    let w = worker("w");
+    let l = lease(&claim_it(s, &free, &w, TTL).await, &w);
+    complete(s, &l, FrontYard, "k").await;
+    s.store.end_area(&l, Backyard, AreaStatus::Failed, &failure(ErrorCode::NoImage)).await.unwrap();
+    let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    assert_eq!(done.status, GenerationStatus::PartiallyCompleted);
+    assert!(resolutions(s, &done).await.iter().all(|(_, n)| *n == 1), "every hold resolved once");
+    let holds: Vec<_> = all_entries(s, user)
+        .await
+        .into_iter()
+        .filter(|e| e.generation_id == Some(free.id))
+        .map(|e| (e.kind, e.amount, e.source))
+        .collect();
+    assert_eq!(holds.len(), 6, "three holds and their three resolutions: {holds:?}");
+    assert!(holds.iter().all(|(_, amount, source)| *amount == 0 && *source == CreditSource::Subscription));
+    let acc = account(s, user).await;
+    assert_eq!((acc.trial_credits, acc.token_balance, acc.held, acc.captured), (1, 1, 0, 0));
+    // Lapsed: trial first, then tokens, then nothing.
+    let lapsed = event("evt_p", 200, 4, sub_change(Some(user), SubscriptionStatus::PastDue, false));
+    s.billing.apply_event(&lapsed, 1).await.unwrap();
+    let paid = create(s, user, &[Walkway], 1).await;
+    assert_eq!(paid.areas[0].hold_source, CreditSource::Trial);
+    let paid = create(s, user, &[Walkway], 1).await;
+    assert_eq!(paid.areas[0].hold_source, CreditSource::Token);
+    let refused = s.store.create(crate::new_generation(user, &[Walkway], LONG, 1), None).await;
+    assert!(
+        matches!(refused, Err(CreateError::InsufficientCredits { needed: 1, available: 0 })),
+        "{refused:?}"
+    );
+    s.store.cancel(paid.id).await.unwrap();
+}
+
+pub async fn unknown_and_unpaid_events_are_acknowledged_and_change_nothing(s: &Subject) {
+    let unknown = event("evt_unknown", 1, 0, BillingChange::Ignored);
+    assert_eq!(s.billing.apply_event(&unknown, 3).await.unwrap(), WebhookOutcome::Ignored);
+    assert_eq!(s.billing.apply_event(&unknown, 3).await.unwrap(), WebhookOutcome::Duplicate);
+    // A subscription event for nobody Terrace knows.
+    let stray = event("evt_stray", 5, 3, sub_change(None, SubscriptionStatus::Active, false));
+    let BillingChange::Subscription { change, .. } = stray.change.clone() else { unreachable!() };
+    let stray = BillingEvent {
+        change: BillingChange::Subscription {
+            user: None,
+            change: SubscriptionChange {
+                subscription_id: Some("sub_nobody".into()),
+                customer_id: None,
+                ..change
+            },
+        },
+        ..stray
+    };
+    assert_eq!(s.billing.apply_event(&stray, 3).await.unwrap(), WebhookOutcome::Ignored);
+}

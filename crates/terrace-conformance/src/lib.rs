@@ -19,7 +19,7 @@ use std::time::Duration;
 use terrace_domain::{
     AreaKind, AreaRequest, GenerationId, GenerationRequest, PreservationStrength, RequestId, Style, UserId,
 };
-use terrace_ports::{GenerationStore, Ledger, NewGeneration};
+use terrace_ports::{BillingLedger, GenerationStore, Ledger, NewGeneration};
 
 pub use tokio;
 
@@ -27,6 +27,7 @@ pub use tokio;
 pub struct Subject {
     pub store: Arc<dyn GenerationStore>,
     pub ledger: Arc<dyn Ledger>,
+    pub billing: Arc<dyn BillingLedger>,
     /// Run after a case passed (closing pools, dropping a database).
     pub teardown: Option<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>,
 }
@@ -93,6 +94,10 @@ macro_rules! suite {
             gauges_count_held_credits,
             gauges_count_pending_work_past_its_deadline_as_stuck,
             a_cursor_the_store_did_not_give_is_invalid,
+            a_purchase_credits_once_however_often_it_is_delivered,
+            subscription_events_out_of_order_never_move_it_back,
+            an_active_subscription_holds_nothing_and_a_lapsed_one_pays_trial_then_tokens,
+            unknown_and_unpaid_events_are_acknowledged_and_change_nothing,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -1,7 +1,8 @@
 //! Credits: an account's balances and the holds that move credits between them.
 //!
-//! Creating a generation *holds* one credit per area, trial credits first, then
-//! tokens. Each hold resolves exactly once: *captured* when the area's image is
+//! Creating a generation *holds* one credit per area: nothing (a hold of
+//! amount 0) while the user's subscription is active, else trial credits
+//! first, then tokens. Each hold resolves exactly once: *captured* when the area's image is
 //! stored, or *voided* back to the source it came from. For every account at
 //! every moment `credited = available + held + captured`.
 
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 pub enum CreditSource {
     Trial,
     Token,
+    /// An active subscription: the hold is of no credit (amount 0), and
+    /// still resolves exactly once.
+    Subscription,
 }
 
 impl CreditSource {
@@ -23,13 +27,22 @@ impl CreditSource {
         match self {
             CreditSource::Trial => "trial",
             CreditSource::Token => "token",
+            CreditSource::Subscription => "subscription",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "trial" => Some(Self::Trial),
             "token" => Some(Self::Token),
+            "subscription" => Some(Self::Subscription),
             _ => None,
+        }
+    }
+    /// How many credits one area's hold from this source moves.
+    pub fn per_area(self) -> u64 {
+        match self {
+            CreditSource::Subscription => 0,
+            CreditSource::Trial | CreditSource::Token => 1,
         }
     }
 }
@@ -93,8 +106,12 @@ impl Account {
         self.trial_credits + self.token_balance
     }
 
-    /// Holds one credit per area, trial credits first. All or nothing.
-    pub fn hold(&mut self, areas: usize) -> Result<Vec<CreditSource>, InsufficientCredits> {
+    /// Holds one credit per area, trial credits first, or nothing while
+    /// `subscribed` (an active subscription). All or nothing.
+    pub fn hold(&mut self, areas: usize, subscribed: bool) -> Result<Vec<CreditSource>, InsufficientCredits> {
+        if subscribed {
+            return Ok(vec![CreditSource::Subscription; areas]);
+        }
         let needed = areas as u64;
         if self.available() < needed {
             return Err(InsufficientCredits { needed, available: self.available() });
@@ -108,27 +125,27 @@ impl Account {
             .collect())
     }
 
-    /// Moves one held credit to captured.
-    pub fn capture(&mut self) {
-        debug_assert!(self.held > 0, "capture without a hold");
-        self.held = self.held.saturating_sub(1);
-        self.captured += 1;
+    /// Moves one area's hold from `source` to captured.
+    pub fn capture(&mut self, source: CreditSource) {
+        let n = source.per_area();
+        debug_assert!(self.held >= n, "capture without a hold");
+        self.held = self.held.saturating_sub(n);
+        self.captured += n;
     }
 
-    /// Returns one held credit to its source.
+    /// Returns one area's hold to its source.
     pub fn void(&mut self, source: CreditSource) {
-        debug_assert!(self.held > 0, "void without a hold");
-        self.held = self.held.saturating_sub(1);
-        match source {
-            CreditSource::Trial => self.trial_credits += 1,
-            CreditSource::Token => self.token_balance += 1,
-        }
+        let n = source.per_area();
+        debug_assert!(self.held >= n, "void without a hold");
+        self.held = self.held.saturating_sub(n);
+        self.credit(source, n);
     }
 
     pub fn credit(&mut self, source: CreditSource, amount: u64) {
         match source {
             CreditSource::Trial => self.trial_credits += amount,
             CreditSource::Token => self.token_balance += amount,
+            CreditSource::Subscription => {}
         }
     }
 }
@@ -206,20 +223,33 @@ mod tests {
     fn holds_take_trial_first_and_voids_return_to_source() {
         let mut a = Account::open(UserId::new_random(), 2);
         a.credit(CreditSource::Token, 5);
-        let sources = a.hold(3).unwrap();
+        let sources = a.hold(3, false).unwrap();
         assert_eq!(sources, [CreditSource::Trial, CreditSource::Trial, CreditSource::Token]);
         assert_eq!((a.trial_credits, a.token_balance, a.held), (0, 4, 3));
         a.void(CreditSource::Trial);
-        a.capture();
+        a.capture(CreditSource::Trial);
         a.void(CreditSource::Token);
         assert_eq!((a.trial_credits, a.token_balance, a.held, a.captured), (1, 5, 0, 1));
+    }
+
+    #[test]
+    fn an_active_subscription_holds_nothing_and_its_holds_resolve_to_nothing() {
+        let mut a = Account::open(UserId::new_random(), 0);
+        let before = a;
+        let sources = a.hold(5, true).unwrap();
+        assert_eq!(sources, [CreditSource::Subscription; 5]);
+        assert_eq!(a, before, "no credit moved");
+        a.capture(CreditSource::Subscription);
+        a.void(CreditSource::Subscription);
+        assert_eq!(a, before);
+        assert_eq!(a.hold(1, false), Err(InsufficientCredits { needed: 1, available: 0 }));
     }
 
     #[test]
     fn a_hold_is_all_or_nothing() {
         let mut a = Account::open(UserId::new_random(), 1);
         let before = a;
-        assert_eq!(a.hold(2), Err(InsufficientCredits { needed: 2, available: 1 }));
+        assert_eq!(a.hold(2, false), Err(InsufficientCredits { needed: 2, available: 1 }));
         assert_eq!(a, before);
     }
 
@@ -248,7 +278,7 @@ mod tests {
         let mut a = Account::open(user, 3);
         let mut entries = vec![entry(LedgerKind::Credit, 3)];
         assert!(check_conservation(&a, &entries).is_ok());
-        a.hold(1).unwrap();
+        a.hold(1, false).unwrap();
         entries.push(entry(LedgerKind::Hold, 1));
         assert!(check_conservation(&a, &entries).is_ok());
         a.held = 0; // a hold that vanished

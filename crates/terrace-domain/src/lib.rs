@@ -6,6 +6,8 @@
 //!   record every port speaks in. Illegal transitions are rejected.
 //! - [`credits`]: accounts, holds, captures and voids, and the conservation check
 //!   `credited = available + held + captured`.
+//! - [`billing`]: the packages and the plan, a user's subscription, and the
+//!   rules by which Stripe's events change it.
 //! - [`prompt`]: a design prompt for every area × style.
 //! - [`policy`]: [`policy::Policies`], every deadline, the retry/backoff policy and the
 //!   lock policy, built explicitly by the caller (there is no `Default`).
@@ -14,6 +16,7 @@
 //!
 //! This crate does no I/O and depends on no async runtime.
 
+pub mod billing;
 pub mod credits;
 pub mod error;
 pub mod geo;

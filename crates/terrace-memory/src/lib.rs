@@ -17,6 +17,9 @@ use futures::stream::BoxStream;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use terrace_domain::billing::{
+    BillingChange, BillingEvent, Subscription, SubscriptionChange, WebhookOutcome, purchase_reference,
+};
 use terrace_domain::credits::check_conservation;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
@@ -25,9 +28,9 @@ use terrace_domain::{
     LedgerEntry, LedgerError, LedgerKind, StoreError, UserId,
 };
 use terrace_ports::{
-    BlobStore, CancelOutcome, Clock, CreateOutcome, GenerationStore, Grant, IdempotencyClaim, Image, Lease,
-    LeaseState, Ledger, ListQuery, NewGeneration, NoopObserver, Notification, Observer, Page, PoolStatus,
-    StoreGauges, StoredResponse, WorkerId,
+    BillingLedger, BlobStore, CancelOutcome, Clock, CreateOutcome, GenerationStore, Grant, IdempotencyClaim,
+    Image, Lease, LeaseState, Ledger, ListQuery, NewGeneration, NoopObserver, Notification, Observer, Page,
+    PoolStatus, StoreGauges, StoredResponse, WorkerId,
 };
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -101,6 +104,9 @@ struct State {
     rows: HashMap<GenerationId, Row>,
     next_seq: u64,
     idempotency: HashMap<(UserId, String), Idempotency>,
+    billing: HashMap<UserId, Subscription>,
+    /// Stripe event ids seen, and what each came to.
+    events: HashMap<String, WebhookOutcome>,
 }
 
 impl State {
@@ -154,7 +160,7 @@ impl State {
                 .or_insert_with(|| Account::open(generation.user_id, 0));
             let kind = match area.hold {
                 HoldState::Captured => {
-                    account.capture();
+                    account.capture(area.hold_source);
                     LedgerKind::Capture
                 }
                 _ => {
@@ -164,10 +170,76 @@ impl State {
             };
             self.entry(
                 now,
-                (generation.user_id, kind, area.hold_source, 1),
+                (generation.user_id, kind, area.hold_source, area.hold_source.per_area()),
                 Link::Area(generation.id, area.kind()),
             );
         }
+    }
+
+    /// Credits `amount` tokens once per `reference` and account, opening the
+    /// account if needed. Returns whether it was applied now.
+    fn credit_once(
+        &mut self,
+        now: DateTime<Utc>,
+        user: UserId,
+        amount: u64,
+        reference: &str,
+        trial: u64,
+    ) -> bool {
+        self.open(now, user, trial);
+        let applied = self.references.insert((user, reference.to_owned()));
+        if applied {
+            if let Some(a) = self.accounts.get_mut(&user) {
+                a.credit(CreditSource::Token, amount);
+            }
+            let r = Link::Reference(reference.to_owned());
+            self.entry(now, (user, LedgerKind::Credit, CreditSource::Token, amount), r);
+        }
+        applied
+    }
+
+    /// The user a subscription event is about: named, or found by the
+    /// subscription or customer it names.
+    fn billing_user(&self, named: Option<UserId>, change: &SubscriptionChange) -> Option<UserId> {
+        named.or_else(|| {
+            self.billing.iter().find_map(|(user, b)| {
+                let same_sub =
+                    change.subscription_id.is_some() && b.subscription_id == change.subscription_id;
+                let same_customer = change.customer_id.is_some() && b.customer_id == change.customer_id;
+                (same_sub || same_customer).then_some(*user)
+            })
+        })
+    }
+
+    fn apply_event(&mut self, now: DateTime<Utc>, event: &BillingEvent, trial: u64) -> WebhookOutcome {
+        if self.events.contains_key(&event.id) {
+            return WebhookOutcome::Duplicate;
+        }
+        let outcome = match &event.change {
+            BillingChange::Purchase { user, package, payment_intent, customer_id } => {
+                if customer_id.is_some() {
+                    self.open(now, *user, trial);
+                    self.billing.entry(*user).or_default().customer_id.clone_from(customer_id);
+                }
+                let reference = purchase_reference(payment_intent);
+                if self.credit_once(now, *user, package.tokens, &reference, trial) {
+                    WebhookOutcome::Applied
+                } else {
+                    WebhookOutcome::Ignored
+                }
+            }
+            BillingChange::Subscription { user, change } => match self.billing_user(*user, change) {
+                Some(user) => {
+                    self.open(now, user, trial);
+                    let changed = self.billing.entry(user).or_default().apply(change, event.order);
+                    if changed { WebhookOutcome::Applied } else { WebhookOutcome::Ignored }
+                }
+                None => WebhookOutcome::Ignored,
+            },
+            BillingChange::Ignored => WebhookOutcome::Ignored,
+        };
+        self.events.insert(event.id.clone(), outcome);
+        outcome
     }
 
     fn fenced(&mut self, lease: &Lease) -> Result<&mut Row, StoreError> {
@@ -315,9 +387,10 @@ impl GenerationStore for MemoryStore {
             }
         }
         s.open(now, new.user_id, new.trial_credits);
+        let subscribed = s.billing.get(&new.user_id).is_some_and(Subscription::grants_generations);
         let account = s.accounts.get_mut(&new.user_id).ok_or(StoreError::NotFound)?;
         let sources = account
-            .hold(new.request.areas.len())
+            .hold(new.request.areas.len(), subscribed)
             .map_err(|e| CreateError::InsufficientCredits { needed: e.needed, available: e.available })?;
         let areas: Vec<Area> = new
             .request
@@ -337,7 +410,8 @@ impl GenerationStore for MemoryStore {
             })
             .collect();
         for a in &areas {
-            s.entry(now, (new.user_id, LedgerKind::Hold, a.hold_source, 1), Link::Area(new.id, a.kind()));
+            let line = (new.user_id, LedgerKind::Hold, a.hold_source, a.hold_source.per_area());
+            s.entry(now, line, Link::Area(new.id, a.kind()));
         }
         let generation = Generation {
             id: new.id,
@@ -641,15 +715,7 @@ impl Ledger for MemoryStore {
     ) -> Result<Grant, LedgerError> {
         let now = self.clock.now();
         let mut s = self.lock();
-        s.open(now, user, trial_credits);
-        let applied = s.references.insert((user, reference.as_str().to_owned()));
-        if applied {
-            if let Some(a) = s.accounts.get_mut(&user) {
-                a.credit(CreditSource::Token, amount.get());
-            }
-            let r = Link::Reference(reference.as_str().to_owned());
-            s.entry(now, (user, LedgerKind::Credit, CreditSource::Token, amount.get()), r);
-        }
+        let applied = s.credit_once(now, user, amount.get(), reference.as_str(), trial_credits);
         let account = s.accounts[&user];
         Ok(Grant { account, applied })
     }
@@ -666,6 +732,22 @@ impl Ledger for MemoryStore {
                 check_conservation(a, by_user.get(&a.user_id).map_or(&[][..], Vec::as_slice)).err()
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl BillingLedger for MemoryStore {
+    async fn apply_event(
+        &self,
+        event: &BillingEvent,
+        trial_credits: u64,
+    ) -> Result<WebhookOutcome, LedgerError> {
+        let now = self.clock.now();
+        Ok(self.lock().apply_event(now, event, trial_credits))
+    }
+
+    async fn subscription(&self, user: UserId) -> Result<Subscription, LedgerError> {
+        Ok(self.lock().billing.get(&user).cloned().unwrap_or_default())
     }
 }
 

@@ -379,3 +379,30 @@ pub mod blob_key {
         format!("generations/{id}/source/{}", kind.as_str())
     }
 }
+
+/// Billing's side of the ledger (CONTRACT §7): verified Stripe events,
+/// applied by the rules of [`terrace_domain::billing`].
+///
+/// Errors: a `LedgerError` means nothing of the event took effect, so the
+/// webhook answers 5xx and Stripe delivers it again.
+/// Cancel safety: dropping `apply_event` leaves the event applied entirely
+/// or not at all.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait BillingLedger: Send + Sync + 'static {
+    /// Applies `event` at most once by its id: recording the id and its
+    /// effect (a purchase's credit, a subscription's state) happen together,
+    /// however many times and however concurrently it is delivered. A
+    /// purchase credits its tokens once per payment (reference
+    /// `stripe:<payment_intent>`), opening the account with
+    /// `trial_credits` if needed.
+    async fn apply_event(
+        &self,
+        event: &terrace_domain::billing::BillingEvent,
+        trial_credits: u64,
+    ) -> Result<terrace_domain::billing::WebhookOutcome, LedgerError>;
+
+    /// The user's billing: their customer and subscription (the default
+    /// when they have none).
+    async fn subscription(&self, user: UserId) -> Result<terrace_domain::billing::Subscription, LedgerError>;
+}

@@ -23,6 +23,36 @@ async fn account(c: &impl Sql, user: UserId) -> Result<Account, StoreError> {
     rows::account(&row)
 }
 
+/// Credits `amount` tokens to `user` once per `reference`: the unique index on
+/// (user_id, reference) makes a reference apply once, whatever the lock
+/// policy. Returns whether it was applied now.
+pub(crate) async fn credit_once(
+    c: &impl Sql,
+    user: UserId,
+    amount: i64,
+    reference: &str,
+) -> Result<bool, StoreError> {
+    let inserted = c
+        .execute_cached(
+            "INSERT INTO ledger_entries (user_id, kind, amount, source, reference) \
+             VALUES ($1, 'credit', $2, 'token', $3) \
+             ON CONFLICT (user_id, reference) WHERE kind = 'credit' AND source = 'token' DO NOTHING",
+            &[&user.0, &amount, &reference],
+        )
+        .await
+        .map_err(map_err)?;
+    if inserted == 1 {
+        c.execute_cached(
+            "UPDATE accounts SET token_balance = token_balance + $2, credited = credited + $2, \
+             updated_at = now() WHERE user_id = $1",
+            &[&user.0, &amount],
+        )
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(inserted == 1)
+}
+
 #[async_trait]
 impl Ledger for PgStore {
     async fn open_account(&self, user: UserId, trial_credits: u64) -> Result<Account, LedgerError> {
@@ -82,27 +112,7 @@ impl Ledger for PgStore {
                 if lock_account(&tx, user, lock).await?.is_none() {
                     return Err(LedgerError::AccountBusy);
                 }
-                // The unique index on (user_id, reference) makes a reference
-                // apply once, whatever the lock policy.
-                let inserted = tx
-                    .execute_cached(
-                        "INSERT INTO ledger_entries (user_id, kind, amount, source, reference) \
-                         VALUES ($1, 'credit', $2, 'token', $3) \
-                         ON CONFLICT (user_id, reference) WHERE kind = 'credit' AND source = 'token' DO NOTHING",
-                        &[&user.0, &amount, &reference.as_str()],
-                    )
-                    .await
-                    .map_err(map_err)?;
-                let applied = inserted == 1;
-                if applied {
-                    tx.execute_cached(
-                        "UPDATE accounts SET token_balance = token_balance + $2, credited = credited + $2, \
-                         updated_at = now() WHERE user_id = $1",
-                        &[&user.0, &amount],
-                    )
-                    .await
-                    .map_err(map_err)?;
-                }
+                let applied = credit_once(&tx, user, amount, reference.as_str()).await?;
                 let account = account(&tx, user).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(Grant { account, applied })

@@ -31,6 +31,7 @@
 //! ([`terrace_domain::Area::complete`], [`terrace_domain::Generation::settle`],
 //! …), applied to rows read under a row lock inside the transaction.
 
+mod billing;
 mod db;
 mod ledger;
 mod listen;

@@ -24,8 +24,10 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", sql: include_str!("../../../migrations/0001_initial.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial", sql: include_str!("../../../migrations/0001_initial.sql") },
+    Migration { version: 2, name: "billing", sql: include_str!("../../../migrations/0002_billing.sql") },
+];
 
 /// Arbitrary, fixed: the advisory lock that serialises migration runs.
 const LOCK_KEY: i64 = 0x7465_7272_6163_6501;

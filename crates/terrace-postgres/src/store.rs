@@ -71,17 +71,20 @@ pub(crate) async fn open_account(c: &impl Sql, user: UserId, trial: u64) -> Resu
     Ok(())
 }
 
-/// The account row lock, under the lock policy. `Ok(None)` when the lock was
-/// refused (SQLSTATE 55P03).
+/// The account row lock, under the lock policy, with whether the user's
+/// subscription grants generations now. `Ok(None)` when the lock was refused
+/// (SQLSTATE 55P03).
 pub(crate) async fn lock_account(
     c: &impl Sql,
     user: UserId,
     policy: LockPolicy,
-) -> Result<Option<terrace_domain::Account>, StoreError> {
+) -> Result<Option<(terrace_domain::Account, bool)>, StoreError> {
+    let select = format!(
+        "SELECT {ACCOUNT_COLUMNS}, COALESCE(b.status = 'active', false) AS subscribed \
+         FROM accounts LEFT JOIN billing_accounts b USING (user_id) WHERE user_id = $1 FOR UPDATE OF accounts"
+    );
     let sql = match policy {
-        LockPolicy::NoWait => {
-            format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1 FOR UPDATE NOWAIT")
-        }
+        LockPolicy::NoWait => format!("{select} NOWAIT"),
         LockPolicy::Timeout(d) => {
             tokio_postgres::GenericClient::batch_execute(
                 c.pg(),
@@ -89,11 +92,11 @@ pub(crate) async fn lock_account(
             )
             .await
             .map_err(map_err)?;
-            format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1 FOR UPDATE")
+            select
         }
     };
     match c.query_opt_cached(&sql, &[&user.0]).await {
-        Ok(Some(row)) => Ok(Some(rows::account(&row)?)),
+        Ok(Some(row)) => Ok(Some((rows::account(&row)?, row.get("subscribed")))),
         Ok(None) => Err(StoreError::NotFound),
         Err(e) if is_lock_refused(&e) => Ok(None),
         Err(e) => Err(map_err(e)),
@@ -110,21 +113,23 @@ async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<V
         if b.hold != HoldState::Held || a.hold == HoldState::Held {
             continue;
         }
+        let amount = i64::try_from(a.hold_source.per_area()).map_err(corrupt)?;
         let kind = if a.hold == HoldState::Captured {
-            captured += 1;
+            captured += amount;
             "capture"
         } else {
             match a.hold_source {
-                CreditSource::Trial => trial += 1,
-                CreditSource::Token => token += 1,
+                CreditSource::Trial => trial += amount,
+                CreditSource::Token => token += amount,
+                CreditSource::Subscription => {}
             }
             voided.push(a.error.as_ref().map_or(ErrorCode::Internal, |f| f.code));
             "void"
         };
         c.execute_cached(
             "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
-             VALUES ($1, $2, 1, $3, $4, $5)",
-            &[&after.user_id.0, &kind, &a.hold_source.as_str(), &after.id.0, &a.kind().as_str()],
+             VALUES ($1, $2, $6, $3, $4, $5)",
+            &[&after.user_id.0, &kind, &a.hold_source.as_str(), &after.id.0, &a.kind().as_str(), &amount],
         )
         .await
         .map_err(map_err)?;
@@ -337,7 +342,7 @@ impl GenerationStore for PgStore {
                 }
                 open_account(&*c, new.user_id, new.trial_credits).await?;
                 let tx = c.transaction().await.map_err(map_err)?;
-                let Some(mut account) = lock_account(&tx, new.user_id, lock).await? else {
+                let Some((mut account, subscribed)) = lock_account(&tx, new.user_id, lock).await? else {
                     return Err(CreateError::AccountBusy);
                 };
                 if let Some(claim) = idempotency {
@@ -346,7 +351,7 @@ impl GenerationStore for PgStore {
                         return Ok(out);
                     }
                 }
-                let sources = account.hold(new.request.areas.len()).map_err(|e| {
+                let sources = account.hold(new.request.areas.len(), subscribed).map_err(|e| {
                     CreateError::InsufficientCredits { needed: e.needed, available: e.available }
                 })?;
                 let n = |v: u64| i64::try_from(v).map_err(corrupt);
@@ -390,8 +395,14 @@ impl GenerationStore for PgStore {
                     .map_err(map_err)?;
                     tx.execute_cached(
                         "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
-                         VALUES ($1, 'hold', 1, $2, $3, $4)",
-                        &[&new.user_id.0, &source.as_str(), &new.id.0, &spec.area.as_str()],
+                         VALUES ($1, 'hold', $5, $2, $3, $4)",
+                        &[
+                            &new.user_id.0,
+                            &source.as_str(),
+                            &new.id.0,
+                            &spec.area.as_str(),
+                            &i64::try_from(source.per_area()).map_err(corrupt)?,
+                        ],
                     )
                     .await
                     .map_err(map_err)?;

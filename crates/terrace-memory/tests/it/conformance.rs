@@ -13,7 +13,7 @@ impl Factory for Memory {
     fn fresh(&self) -> BoxFuture<'_, Subject> {
         Box::pin(async {
             let store = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
-            Subject { store: store.clone(), ledger: store, teardown: None }
+            Subject { store: store.clone(), ledger: store.clone(), billing: store, teardown: None }
         })
     }
 }

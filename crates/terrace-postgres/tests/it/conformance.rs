@@ -16,7 +16,8 @@ impl Factory for Postgres {
             let closing = store.clone();
             Subject {
                 store: store.clone(),
-                ledger: store,
+                ledger: store.clone(),
+                billing: store,
                 teardown: Some(Box::new(move || {
                     Box::pin(async move {
                         closing.close().await;
