@@ -197,9 +197,18 @@ async fn status_failure(r: reqwest::Response) -> String {
     format!("{status} {}", body["code"].as_str().unwrap_or(""))
 }
 
-/// HAProxy's view of the backend's servers: name → status (`UP`, `DOWN`,
-/// `UP 1/2`, …), from `show stat` on the runtime API socket.
-fn server_states(socket: &Path) -> Result<HashMap<String, String>> {
+/// One server as HAProxy sees it.
+#[derive(Debug, Clone, Default)]
+struct ServerStat {
+    /// `UP`, `DOWN`, `UP 1/2` (going down), `DOWN 1/2` (coming up), …
+    status: String,
+    /// Sessions it has been given since HAProxy started.
+    sessions: u64,
+}
+
+/// HAProxy's view of the backend's servers by name, from `show stat` on the
+/// runtime API socket.
+fn server_stats(socket: &Path) -> Result<HashMap<String, ServerStat>> {
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to HAProxy's socket {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -209,29 +218,41 @@ fn server_states(socket: &Path) -> Result<HashMap<String, String>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().trim_start_matches("# ").split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
-    let (Some(px), Some(sv), Some(status)) = (col("pxname"), col("svname"), col("status")) else {
+    let (Some(px), Some(sv), Some(status), Some(stot)) =
+        (col("pxname"), col("svname"), col("status"), col("stot"))
+    else {
         bail!("unexpected `show stat` answer: {text}");
     };
     Ok(lines
         .map(|l| l.split(',').collect::<Vec<_>>())
         .filter(|f| f.get(px) == Some(&"terrace") && f.get(sv).is_some_and(|s| s.starts_with("terrace-")))
-        .map(|f| (f[sv].to_owned(), f.get(status).copied().unwrap_or_default().to_owned()))
+        .map(|f| {
+            let field = |i: usize| f.get(i).copied().unwrap_or_default();
+            let stat =
+                ServerStat { status: field(status).to_owned(), sessions: field(stot).parse().unwrap_or(0) };
+            (field(sv).to_owned(), stat)
+        })
         .collect())
 }
 
-/// Waits (at most `bound`) until HAProxy's status of `server` satisfies `want`.
-fn wait_for_state(socket: &Path, server: &str, bound: Duration, want: impl Fn(&str) -> bool) -> Result<()> {
+/// Waits (at most `bound`) until HAProxy's view of `server` satisfies `want`.
+fn wait_for_server(
+    socket: &Path,
+    server: &str,
+    bound: Duration,
+    what: &str,
+    want: impl Fn(&ServerStat) -> bool,
+) -> Result<()> {
     let start = Instant::now();
     loop {
-        let states = server_states(socket)?;
-        let state = states.get(server).map(String::as_str).unwrap_or("missing");
-        if want(state) {
+        let stat = server_stats(socket)?.remove(server).unwrap_or_default();
+        if want(&stat) {
             return Ok(());
         }
         if start.elapsed() > bound {
-            bail!("HAProxy's status of {server} is still {state:?} after {bound:?}");
+            bail!("{server} is not {what} after {bound:?}: HAProxy says {stat:?}");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -319,7 +340,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Duration::from_secs(10),
     )?;
     for i in 0..INSTANCES {
-        wait_for_state(&socket, &format!("terrace-{i}"), READY_BOUND, |s| s == "UP")?;
+        wait_for_server(&socket, &format!("terrace-{i}"), READY_BOUND, "UP", |s| s.status == "UP")?;
     }
     say(
         start,
@@ -358,8 +379,6 @@ pub fn run(args: &[String]) -> Result<()> {
                     ),
                 );
                 restarts.push(r);
-                // Let traffic reach it before the next one goes.
-                std::thread::sleep(Duration::from_secs(2));
             }
             round += 1;
             let per_round = drive_start.elapsed() / round;
@@ -567,7 +586,7 @@ fn restart(
     let bound = SHUTDOWN_GRACE + Duration::from_secs(5);
     let status = loop {
         if out_of_rotation.is_none()
-            && server_states(socket)?.get(&server).is_none_or(|s| !s.starts_with("UP"))
+            && server_stats(socket)?.get(&server).is_none_or(|s| !s.status.starts_with("UP"))
         {
             out_of_rotation = Some(sent.elapsed());
         }
@@ -584,19 +603,23 @@ fn restart(
     if !status.success() {
         bail!("{server} exited with {status} after SIGTERM; see {}", servers[i].log.display());
     }
-    // A quick restart could be back before HAProxy's checks noticed it was
-    // gone; wait until they did, so that every restart goes the whole way:
-    // out of rotation, then back in once its checks pass.
+    // A quick restart could be back before HAProxy noticed it was gone; wait
+    // until it did, so that every restart goes the whole way: out of
+    // rotation, then back in once its checks pass.
     if out_of_rotation.is_none() {
-        wait_for_state(socket, &server, Duration::from_secs(10), |s| !s.starts_with("UP"))?;
-        out_of_rotation = Some(sent.elapsed());
+        wait_for_server(socket, &server, Duration::from_secs(10), "out of rotation", |s| {
+            !s.status.starts_with("UP")
+        })?;
     }
+    let out_of_rotation = out_of_rotation.unwrap_or(sent.elapsed());
     let started = Instant::now();
     servers[i] = cluster::server(bin, dir, &format!("{server}-round{}", round + 1), env)?;
-    wait_for_state(socket, &server, READY_BOUND, |s| s == "UP")?;
+    wait_for_server(socket, &server, READY_BOUND, "UP", |s| s.status == "UP")?;
     let back_in_rotation = started.elapsed();
+    // The next one goes only once this one has taken a share of the traffic.
+    let before = server_stats(socket)?.get(&server).map_or(0, |s| s.sessions);
+    wait_for_server(socket, &server, READY_BOUND, "taking traffic", |s| s.sessions >= before + 50)?;
     seen.epoch.fetch_add(1, Ordering::SeqCst);
-    let out_of_rotation = out_of_rotation.unwrap_or(exited);
     Ok(Restart { server, out_of_rotation, exited, back_in_rotation })
 }
 
