@@ -13,10 +13,12 @@
 //!
 //! With the `mock` feature every trait has a `mockall` mock (`MockGeocoder`, …).
 
+mod billing;
 mod google;
 mod observe;
 mod store;
 
+pub use billing::*;
 pub use google::*;
 pub use observe::*;
 pub use store::*;

@@ -12,11 +12,12 @@ pub enum Upstream {
     StreetView,
     StaticMap,
     Gemini,
+    Stripe,
 }
 
 impl Upstream {
     pub const ALL: &'static [Upstream] =
-        &[Upstream::Geocode, Upstream::StreetView, Upstream::StaticMap, Upstream::Gemini];
+        &[Upstream::Geocode, Upstream::StreetView, Upstream::StaticMap, Upstream::Gemini, Upstream::Stripe];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -24,6 +25,7 @@ impl Upstream {
             Upstream::StreetView => "streetview",
             Upstream::StaticMap => "staticmap",
             Upstream::Gemini => "gemini",
+            Upstream::Stripe => "stripe",
         }
     }
 }
