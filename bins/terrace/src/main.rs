@@ -18,7 +18,9 @@ use terrace_api::{
 };
 use terrace_domain::UserId;
 use terrace_engine::Engine;
-use terrace_ports::{BlobStore, Clock, GenerationStore, Ledger, Observer, SystemClock, WorkerId};
+use terrace_ports::{
+    BillingLedger, BlobStore, Clock, GenerationStore, Ledger, Observer, SystemClock, WorkerId,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -216,6 +218,12 @@ impl Store {
             Store::Postgres(s) => Arc::new(s.clone()),
         }
     }
+    fn billing(&self) -> Arc<dyn BillingLedger> {
+        match self {
+            Store::Memory(s) => Arc::new(s.clone()),
+            Store::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
     async fn close(&self) {
         if let Store::Postgres(s) = self {
             s.close().await;
@@ -344,7 +352,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Deps {
             store: store.generations(),
             ledger: store.ledger(),
+            billing: store.billing(),
             blobs,
+            payments: None,
             work: engine.clone().map(|e| Arc::new(EngineWork(e)) as Arc<dyn Work>),
             metrics,
         },

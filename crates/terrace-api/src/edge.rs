@@ -253,6 +253,26 @@ pub async fn limits(State(state): State<AppState>, req: Request, next: Next) -> 
     }
 }
 
+/// For Stripe's webhook: its own body limit, the instance's capacity (no
+/// user: the signature says who sent it) and the request timeout.
+pub async fn webhook_limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = crate::billing::WEBHOOK_BODY_LIMIT;
+    if declared_too_large(&req, limit) {
+        return Problem::payload_too_large(limit).into_response();
+    }
+    let _capacity = match state.capacity(None, &state.0.user_requests, &state.0.requests) {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
+    match tokio::time::timeout(state.0.cfg.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            state.0.metrics.rejected("timeout");
+            Problem::timeout().into_response()
+        }
+    }
+}
+
 /// For the event stream: only the body limit (the handler takes the
 /// stream's capacity, which the stream holds until it ends).
 pub async fn stream_limits(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -11,6 +11,7 @@
 //! itself: it creates them in the store and wakes the [`Work`] that runs them.
 
 mod auth;
+mod billing;
 mod blobs;
 mod edge;
 mod events;
@@ -35,7 +36,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use terrace_domain::UserId;
-use terrace_ports::{BlobStore, GenerationStore, Ledger};
+use terrace_ports::{BillingLedger, BlobStore, GenerationStore, Ledger, Payments};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +99,16 @@ pub struct ApiConfig {
     /// An event stream closes itself at the latest after the generation
     /// timeout plus this (CONTRACT §5: one minute).
     pub event_stream_slack: Duration,
+    pub billing: BillingConfig,
+}
+
+/// What the billing routes need besides Stripe itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingConfig {
+    /// The Stripe price of `monthly_pro`; unset: the plan is not offered.
+    pub monthly_pro_price: Option<String>,
+    /// Where Checkout returns the user (`/billing/success`, `/billing/cancel`).
+    pub public_url: String,
 }
 
 impl ApiConfig {
@@ -125,6 +136,7 @@ impl ApiConfig {
             keepalive_interval: Duration::from_secs(15),
             event_poll_interval: Duration::from_secs(5),
             event_stream_slack: Duration::from_secs(60),
+            billing: BillingConfig { monthly_pro_price: None, public_url: "http://127.0.0.1:8000".into() },
         }
     }
 }
@@ -134,7 +146,11 @@ impl ApiConfig {
 pub struct Deps {
     pub store: Arc<dyn GenerationStore>,
     pub ledger: Arc<dyn Ledger>,
+    pub billing: Arc<dyn BillingLedger>,
     pub blobs: Arc<dyn BlobStore>,
+    /// Stripe (or its simulator); without it the billing routes that call
+    /// Stripe answer 503 `billing_unavailable`.
+    pub payments: Option<Arc<dyn Payments>>,
     /// The engine of this instance, if it runs one.
     pub work: Option<Arc<dyn Work>>,
     pub metrics: Arc<Metrics>,
@@ -169,7 +185,9 @@ impl KnownAccounts {
 struct Inner {
     store: Arc<dyn GenerationStore>,
     ledger: Arc<dyn Ledger>,
+    billing: Arc<dyn BillingLedger>,
     blobs: Arc<dyn BlobStore>,
+    payments: Option<Arc<dyn Payments>>,
     work: Option<Arc<dyn Work>>,
     metrics: Arc<Metrics>,
     jwt: Jwt,
@@ -205,7 +223,9 @@ impl Api {
         let inner = Inner {
             store: deps.store,
             ledger: deps.ledger,
+            billing: deps.billing,
             blobs: deps.blobs,
+            payments: deps.payments,
             work: deps.work,
             metrics: deps.metrics,
             jwt,
@@ -239,11 +259,20 @@ impl Api {
                 .route("/v1/generations/{id}/source-images/{source}", get(routes::source_image))
                 .route("/v1/admin/credits", post(routes::grant))
                 .route("/v1/admin/tasks", get(routes::tasks))
+                .route("/v1/billing/packages", get(billing::packages))
+                .route("/v1/billing/checkout", post(billing::checkout))
+                .route("/v1/billing/subscription", post(billing::subscribe).get(billing::subscription))
+                .route("/v1/billing/subscription/cancel", post(billing::cancel_subscription))
+                .route("/v1/billing/portal", post(billing::portal))
                 .route_layer(axum::middleware::from_fn_with_state(s.clone(), edge::limits));
+            // Stripe's webhook: its own body limit, no user, checked by signature.
+            let webhooks = Router::new()
+                .route("/v1/webhooks/stripe", post(billing::webhook))
+                .route_layer(axum::middleware::from_fn_with_state(s.clone(), edge::webhook_limits));
             let streams = Router::new()
                 .route("/v1/generations/{id}/events", get(routes::events))
                 .route_layer(axum::middleware::from_fn_with_state(s.clone(), edge::stream_limits));
-            app = app.merge(timed).merge(streams);
+            app = app.merge(timed).merge(streams).merge(webhooks);
         }
         app.fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)

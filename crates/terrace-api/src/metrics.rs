@@ -74,7 +74,20 @@ pub struct Metrics {
     event_streams: Gauge,
     resident_memory: Gauge,
     requests_rejected: Family<ReasonLabel, Counter>,
+    /// Labels `type` and `outcome` (`type` cannot be a field name).
+    webhooks: Family<Vec<(&'static str, String)>, Counter>,
 }
+
+/// The Stripe event types Terrace acts on; any other is counted as `other`,
+/// so that the label's values stay few.
+const WEBHOOK_TYPES: &[&str] = &[
+    "checkout.session.completed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -104,6 +117,7 @@ impl Metrics {
             event_streams: Gauge::default(),
             resident_memory: Gauge::default(),
             requests_rejected: Family::default(),
+            webhooks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +179,11 @@ impl Metrics {
             "Requests refused at the edge: overloaded (the instance's caps), too_many_requests (the user's caps), timeout",
             m.requests_rejected.clone(),
         );
+        registry.register(
+            "terrace_stripe_webhooks",
+            "Stripe webhooks by event type and outcome (applied, duplicate, ignored, bad_signature, failed)",
+            m.webhooks.clone(),
+        );
         // Every label value the contract names exists from the start, at zero.
         for reason in ["overloaded", "too_many_requests", "timeout"] {
             let _ = m.requests_rejected.get_or_create(&ReasonLabel { reason: reason.into() });
@@ -200,6 +219,13 @@ impl Metrics {
             let _ = m.holds_voided.get_or_create(&ReasonLabel { reason: c.as_str().into() });
         }
         Self { registry, ..m }
+    }
+
+    /// A Stripe webhook and what it came to.
+    pub(crate) fn webhook(&self, kind: &str, outcome: &'static str) {
+        // `unknown`: refused before its type was read.
+        let kind = if kind == "unknown" || WEBHOOK_TYPES.contains(&kind) { kind } else { "other" };
+        self.webhooks.get_or_create(&vec![("type", kind.to_owned()), ("outcome", outcome.to_owned())]).inc();
     }
 
     /// A request refused at the edge, by reason.

@@ -30,13 +30,13 @@ fn json_response(status: StatusCode, body: String) -> Response {
     res
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     json_response(status, serde_json::to_string(value).expect("views always serialize"))
 }
 
 impl AppState {
     /// Runs a store call under the store timeout.
-    async fn bounded<T, E>(
+    pub(crate) async fn bounded<T, E>(
         &self,
         fut: impl Future<Output = Result<T, E>>,
         map: impl FnOnce(&E) -> Problem,
@@ -211,7 +211,11 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     Ok(value)
 }
 
-async fn json_body<T: DeserializeOwned>(s: &AppState, headers: &HeaderMap, body: Body) -> Result<T, Problem> {
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Problem> {
     require_json(headers)?;
     let bytes = crate::edge::read_body(body, s.0.cfg.body_limit).await?;
     parse_json(&bytes)
@@ -250,7 +254,8 @@ fn query_cursor(pairs: &[(String, String)], errors: &mut Vec<FieldError>) -> Opt
 
 pub async fn account(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
     let a = s.bounded(s.0.ledger.open_account(c.user, s.0.cfg.trial_credits), Problem::from_ledger).await?;
-    Ok(json(StatusCode::OK, &AccountView::of(&a)))
+    let sub = s.bounded(s.0.billing.subscription(c.user), Problem::from_ledger).await?;
+    Ok(json(StatusCode::OK, &AccountView::of(&a, &sub)))
 }
 
 pub async fn transactions(
@@ -280,7 +285,7 @@ fn request_hash(req: &GenerationRequest) -> String {
     Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
     let parsed = v.to_str().ok().map(IdempotencyKey::parse);
     match parsed {
@@ -537,7 +542,8 @@ pub async fn grant(
         .await?;
     tracing::info!(%user, admin = %admin.user, amount = amount.get(), applied = g.applied, "credits granted");
     let status = if g.applied { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(json(status, &AccountView::of(&g.account)))
+    let sub = s.bounded(s.0.billing.subscription(user), Problem::from_ledger).await?;
+    Ok(json(status, &AccountView::of(&g.account, &sub)))
 }
 
 pub async fn tasks(State(s): State<AppState>, Admin(_): Admin) -> Response {

@@ -101,16 +101,18 @@ pub struct AccountView {
     pub token_balance: u64,
     pub held: u64,
     pub captured: u64,
+    pub subscription: Option<crate::billing::SubscriptionSummary>,
 }
 
 impl AccountView {
-    pub fn of(a: &Account) -> Self {
+    pub fn of(a: &Account, sub: &terrace_domain::billing::Subscription) -> Self {
         Self {
             user_id: a.user_id.to_string(),
             trial_credits: a.trial_credits,
             token_balance: a.token_balance,
             held: a.held,
             captured: a.captured,
+            subscription: crate::billing::SubscriptionSummary::of(sub),
         }
     }
 }

@@ -157,6 +157,91 @@ impl GenerationStore for Stall {
     }
 }
 
+/// What a test asked of the scripted Stripe.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Asked {
+    Package(PackageCheckout, String),
+    Subscription(SubscriptionCheckout, String),
+    Cancel(String, CancelAt),
+}
+
+/// Stripe as a test scripts it: what it was asked, and what it answers.
+#[derive(Default)]
+pub struct FakePayments {
+    pub asked: std::sync::Mutex<Vec<Asked>>,
+    /// The next calls fail with this, while set.
+    pub failing: std::sync::Mutex<Option<PaymentsError>>,
+    /// What `parse_webhook` answers to the signature `good` (anything else
+    /// is a bad signature).
+    pub event: std::sync::Mutex<Option<PaymentEvent>>,
+}
+
+impl FakePayments {
+    fn fail(&self) -> Result<(), PaymentsError> {
+        self.failing.lock().unwrap().clone().map_or(Ok(()), Err)
+    }
+    fn session(&self, asked: Asked, key: &IdempotencyKey) -> Result<CheckoutSession, PaymentsError> {
+        self.fail()?;
+        self.asked.lock().unwrap().push(asked);
+        let id = format!("cs_{}", &key.as_str()[8..20]);
+        Ok(CheckoutSession { url: format!("https://checkout.example/{id}"), id })
+    }
+}
+
+#[async_trait]
+impl Payments for FakePayments {
+    async fn checkout_package(
+        &self,
+        request: &PackageCheckout,
+        key: &IdempotencyKey,
+    ) -> Result<CheckoutSession, PaymentsError> {
+        self.session(Asked::Package(request.clone(), key.as_str().to_owned()), key)
+    }
+    async fn checkout_subscription(
+        &self,
+        request: &SubscriptionCheckout,
+        key: &IdempotencyKey,
+    ) -> Result<CheckoutSession, PaymentsError> {
+        self.session(Asked::Subscription(request.clone(), key.as_str().to_owned()), key)
+    }
+    async fn cancel_subscription(
+        &self,
+        id: &str,
+        at: CancelAt,
+        _key: &IdempotencyKey,
+    ) -> Result<SubscriptionState, PaymentsError> {
+        self.fail()?;
+        self.asked.lock().unwrap().push(Asked::Cancel(id.to_owned(), at));
+        Ok(SubscriptionState {
+            id: id.to_owned(),
+            customer: None,
+            status: "active".into(),
+            current_period_end: None,
+            cancel_at_period_end: at == CancelAt::PeriodEnd,
+        })
+    }
+    async fn portal_session(
+        &self,
+        customer: &str,
+        _return_url: &str,
+        _key: &IdempotencyKey,
+    ) -> Result<PortalSession, PaymentsError> {
+        self.fail()?;
+        Ok(PortalSession { id: "bps_1".into(), url: format!("https://portal.example/{customer}") })
+    }
+    fn parse_webhook(
+        &self,
+        signature: Option<&str>,
+        _body: &[u8],
+    ) -> Result<PaymentEvent, WebhookError> {
+        match (signature, self.event.lock().unwrap().clone()) {
+            (Some("good"), Some(e)) => Ok(e),
+            (None, _) => Err(WebhookError::Signature(SignatureError::Missing)),
+            _ => Err(WebhookError::Signature(SignatureError::Mismatch)),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct FakeWork;
 impl Work for FakeWork {
@@ -176,6 +261,7 @@ pub struct App {
     pub addr: SocketAddr,
     pub store: Stall,
     pub blobs: MemoryBlobs,
+    pub payments: Arc<FakePayments>,
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<terrace_api::Drained>,
     pub http: reqwest::Client,
@@ -206,10 +292,13 @@ impl App {
         let shutdown = CancellationToken::new();
         let jwt = Jwt::new(SECRET);
         let blobs = MemoryBlobs::new();
+        let payments = Arc::new(FakePayments::default());
         let api = Api::new(
             Deps {
                 store: Arc::new(store.clone()),
-                ledger: Arc::new(inner),
+                ledger: Arc::new(inner.clone()),
+                billing: Arc::new(inner),
+                payments: Some(payments.clone()),
                 blobs: Arc::new(blobs.clone()),
                 work: Some(Arc::new(FakeWork)),
                 metrics: Arc::new(Metrics::new()),
@@ -224,7 +313,7 @@ impl App {
         let router = api.router();
         let server = tokio::spawn(terrace_api::serve(listener, router.clone(), options, shutdown.clone()));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
-        App { addr, store, blobs, shutdown, server, http, jwt, router }
+        App { addr, store, blobs, payments, shutdown, server, http, jwt, router }
     }
 
     pub fn url(&self, path: &str) -> String {

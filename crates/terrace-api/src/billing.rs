@@ -1,0 +1,481 @@
+//! The billing routes of CONTRACT §7: packages and the plan, Checkout for
+//! both, the subscription, its cancellation, the billing portal, and Stripe's
+//! webhook. The webhook is the only thing that credits tokens or changes a
+//! subscription; these routes only ask Stripe and show what the ledger holds.
+
+use crate::AppState;
+use crate::problem::{FieldError, Problem};
+use crate::routes::{Authed, idempotency_key, json, json_body};
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use chrono::SecondsFormat;
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use terrace_domain::billing::{
+    BillingChange, BillingEvent, CURRENCY, EventOrder, MONTHLY_PRO, PACKAGES, Package, Plan, Subscription,
+    SubscriptionChange, SubscriptionStatus,
+};
+use terrace_domain::{IdempotencyKey, UserId};
+use terrace_ports::{
+    CancelAt, CheckoutMode, PackageCheckout, PackagePrice, PaymentEvent, PaymentEventKind, PaymentStatus,
+    Payments, PaymentsError, SubscriptionAction, SubscriptionCheckout, WebhookError,
+};
+
+/// Webhook bodies may be larger than API requests (Stripe's events carry
+/// whole objects).
+pub const WEBHOOK_BODY_LIMIT: usize = 256 * 1024;
+
+#[derive(Serialize)]
+struct PackageView {
+    id: &'static str,
+    tokens: u64,
+    price_cents: u64,
+    currency: &'static str,
+}
+
+#[derive(Serialize)]
+struct PlanView {
+    id: &'static str,
+    price_cents: u64,
+    currency: &'static str,
+    interval: &'static str,
+}
+
+#[derive(Serialize)]
+struct Catalogue {
+    packages: Vec<PackageView>,
+    plans: Vec<PlanView>,
+}
+
+/// `GET /v1/billing/subscription`, and the answer of a cancel.
+#[derive(Debug, Serialize)]
+pub(crate) struct SubscriptionView {
+    plan: Option<String>,
+    status: &'static str,
+    current_period_end: Option<String>,
+    cancel_at_period_end: bool,
+}
+
+impl SubscriptionView {
+    pub(crate) fn of(s: &Subscription) -> Self {
+        Self {
+            plan: s.plan.clone(),
+            status: s.status.as_str(),
+            current_period_end: s.current_period_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            cancel_at_period_end: s.cancel_at_period_end,
+        }
+    }
+}
+
+/// `GET /v1/account`'s `subscription`: `null` for a user who never subscribed.
+#[derive(Debug, Serialize)]
+pub(crate) struct SubscriptionSummary {
+    plan: Option<String>,
+    status: &'static str,
+    current_period_end: Option<String>,
+}
+
+impl SubscriptionSummary {
+    pub(crate) fn of(s: &Subscription) -> Option<Self> {
+        (s.status != SubscriptionStatus::None || s.plan.is_some()).then(|| Self {
+            plan: s.plan.clone(),
+            status: s.status.as_str(),
+            current_period_end: s.current_period_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    session_id: String,
+    checkout_url: String,
+}
+
+#[derive(Serialize)]
+struct PortalView {
+    url: String,
+}
+
+#[derive(Serialize)]
+struct Received {
+    received: bool,
+    outcome: &'static str,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheckout {
+    package_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscribe {
+    plan_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCancel {
+    #[serde(default = "yes")]
+    at_period_end: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The plan on offer: only when its Stripe price is configured.
+fn offered(s: &AppState) -> Option<(Plan, String)> {
+    s.0.cfg.billing.monthly_pro_price.clone().map(|price| (MONTHLY_PRO, price))
+}
+
+fn payments(s: &AppState) -> Result<&dyn Payments, Problem> {
+    s.0.payments.as_deref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "billing_unavailable",
+            "billing is not set up on this instance",
+        )
+    })
+}
+
+fn from_payments(e: &PaymentsError) -> Problem {
+    let unavailable = |after: u32, detail: &str| {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "payments_unavailable", detail.to_owned())
+            .retry_after(after)
+    };
+    match e {
+        PaymentsError::Unavailable { retry_after, .. } => {
+            tracing::warn!(error = %e, "Stripe unavailable");
+            let after = retry_after.map_or(5, |d| u32::try_from(d.as_secs().clamp(1, 60)).unwrap_or(5));
+            unavailable(after, "payments are unavailable; retry shortly")
+        }
+        PaymentsError::Timeout => {
+            tracing::warn!("Stripe did not answer in time");
+            unavailable(5, "payments did not answer in time; retry shortly")
+        }
+        e if e.idempotency_key_reused() => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        ),
+        PaymentsError::Rejected { .. } | PaymentsError::Internal { .. } => {
+            tracing::error!(error = %e, "Stripe refused a request");
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "payments_rejected",
+                "the payment provider refused the request",
+            )
+        }
+    }
+}
+
+/// The key Stripe sees: per user and per the caller's key (so two users'
+/// keys never meet), or fresh when the caller gave none (so the adapter's
+/// own retries are still safe).
+fn stripe_key(what: &str, user: UserId, headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
+    let theirs = idempotency_key(headers)?;
+    let basis = match &theirs {
+        Some(k) => format!("{what}:{user}:{}", k.as_str()),
+        None => format!("{what}:{user}:{}", uuid::Uuid::new_v4()),
+    };
+    let key = format!("terrace-{}", hex(&Sha256::digest(basis.as_bytes())[..16]));
+    Ok(IdempotencyKey::parse(&key).expect("a hex key is a valid idempotency key"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn public(s: &AppState, path: &str) -> String {
+    format!("{}{path}", s.0.cfg.billing.public_url.trim_end_matches('/'))
+}
+
+/// Where Checkout returns the user: paid, or given up.
+fn return_urls(s: &AppState) -> (String, String) {
+    (public(s, "/billing/success?session_id={CHECKOUT_SESSION_ID}"), public(s, "/billing/cancel"))
+}
+
+async fn subscription_of(s: &AppState, user: UserId) -> Result<Subscription, Problem> {
+    s.bounded(s.0.billing.subscription(user), Problem::from_ledger).await
+}
+
+fn session_created(user: UserId, session: terrace_ports::CheckoutSession) -> Response {
+    tracing::info!(%user, session_id = %session.id, "checkout session created");
+    json(StatusCode::CREATED, &SessionView { session_id: session.id, checkout_url: session.url })
+}
+
+pub async fn packages(State(s): State<AppState>) -> Response {
+    let packages = PACKAGES
+        .iter()
+        .map(|p| PackageView { id: p.id, tokens: p.tokens, price_cents: p.price_cents, currency: CURRENCY })
+        .collect();
+    let plans = offered(&s)
+        .map(|(p, _)| PlanView {
+            id: p.id,
+            price_cents: p.price_cents,
+            currency: CURRENCY,
+            interval: p.interval,
+        })
+        .into_iter()
+        .collect();
+    json(StatusCode::OK, &Catalogue { packages, plans })
+}
+
+pub async fn checkout(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let raw: RawCheckout = json_body(&s, &headers, body).await?;
+    let package = Package::find(&raw.package_id).ok_or_else(|| {
+        let ids: Vec<_> = PACKAGES.iter().map(|p| p.id).collect();
+        Problem::validation(vec![FieldError {
+            field: "package_id".into(),
+            message: format!("must be one of: {}", ids.join(", ")),
+        }])
+    })?;
+    let key = stripe_key("checkout", c.user, &headers)?;
+    let payments = payments(&s)?;
+    let (success_url, cancel_url) = return_urls(&s);
+    let request = PackageCheckout {
+        user: c.user,
+        package_id: package.id.to_owned(),
+        price: PackagePrice::Inline {
+            unit_amount: package.price_cents,
+            currency: CURRENCY.to_owned(),
+            name: format!("Terrace: {} tokens", package.tokens),
+        },
+        customer: subscription_of(&s, c.user).await?.customer_id,
+        success_url,
+        cancel_url,
+    };
+    let session = payments.checkout_package(&request, &key).await.map_err(|e| from_payments(&e))?;
+    Ok(session_created(c.user, session))
+}
+
+pub async fn subscribe(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let raw: RawSubscribe = json_body(&s, &headers, body).await?;
+    let (plan, price_id) = offered(&s).filter(|(p, _)| p.id == raw.plan_id).ok_or_else(|| {
+        let on_offer =
+            offered(&s).map_or("no plan is offered".to_owned(), |(p, _)| format!("must be {}", p.id));
+        Problem::validation(vec![FieldError { field: "plan_id".into(), message: on_offer }])
+    })?;
+    let current = subscription_of(&s, c.user).await?;
+    if !current.may_subscribe() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "already_subscribed",
+            "a subscription is active; cancel it or let it end first",
+        ));
+    }
+    let key = stripe_key("subscribe", c.user, &headers)?;
+    let payments = payments(&s)?;
+    let (success_url, cancel_url) = return_urls(&s);
+    let request = SubscriptionCheckout {
+        user: c.user,
+        plan_id: plan.id.to_owned(),
+        price_id,
+        customer: current.customer_id,
+        success_url,
+        cancel_url,
+    };
+    let session = payments.checkout_subscription(&request, &key).await.map_err(|e| from_payments(&e))?;
+    Ok(session_created(c.user, session))
+}
+
+pub async fn subscription(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
+    Ok(json(StatusCode::OK, &SubscriptionView::of(&subscription_of(&s, c.user).await?)))
+}
+
+pub async fn cancel_subscription(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let raw: RawCancel = json_body(&s, &headers, body).await?;
+    let mut sub = subscription_of(&s, c.user).await?;
+    let Some(id) = sub.subscription_id.clone().filter(|_| sub.cancellable()) else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "no_subscription",
+            "there is no subscription to cancel",
+        ));
+    };
+    let key = stripe_key(&format!("cancel:{}", raw.at_period_end), c.user, &headers)?;
+    let at = if raw.at_period_end { CancelAt::PeriodEnd } else { CancelAt::Now };
+    payments(&s)?.cancel_subscription(&id, at, &key).await.map_err(|e| from_payments(&e))?;
+    tracing::info!(user = %c.user, subscription_id = %id, at_period_end = raw.at_period_end, "subscription cancelled at Stripe");
+    // Stripe's webhook records it; the answer shows what it will say.
+    if raw.at_period_end {
+        sub.cancel_at_period_end = true;
+    } else {
+        sub.status = SubscriptionStatus::Cancelled;
+    }
+    Ok(json(StatusCode::OK, &SubscriptionView::of(&sub)))
+}
+
+pub async fn portal(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let Some(customer) = subscription_of(&s, c.user).await?.customer_id else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "never_paid",
+            "there is no billing history to manage yet",
+        ));
+    };
+    let key = stripe_key("portal", c.user, &headers)?;
+    let session = payments(&s)?
+        .portal_session(&customer, &public(&s, "/"), &key)
+        .await
+        .map_err(|e| from_payments(&e))?;
+    Ok(json(StatusCode::CREATED, &PortalView { url: session.url }))
+}
+
+/// `POST /v1/webhooks/stripe`: the signature is checked before anything is
+/// parsed (400 when it fails); each event takes effect at most once; a write
+/// that fails answers 503 so that Stripe delivers the event again.
+pub async fn webhook(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    let payments = payments(&s)?;
+    let bytes = crate::edge::read_body(body, WEBHOOK_BODY_LIMIT).await?;
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let metrics = &s.0.metrics;
+    let event = match payments.parse_webhook(signature, &bytes) {
+        Ok(e) => billing_event(&e),
+        Err(WebhookError::Signature(why)) => {
+            tracing::warn!(%why, "webhook refused: bad signature");
+            metrics.webhook("unknown", "bad_signature");
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad_signature",
+                "the Stripe-Signature does not verify",
+            ));
+        }
+        Err(WebhookError::Malformed(why)) => {
+            // Signed by Stripe but unreadable here: acknowledged, so that it
+            // is not sent forever, and logged for an operator.
+            tracing::error!(%why, "a signed webhook could not be read; acknowledged and ignored");
+            metrics.webhook("unknown", "ignored");
+            return Ok(json(StatusCode::OK, &Received { received: true, outcome: "ignored" }));
+        }
+    };
+    match s.bounded(s.0.billing.apply_event(&event, s.0.cfg.trial_credits), Problem::from_ledger).await {
+        Ok(outcome) => {
+            tracing::info!(event_id = %event.id, event_type = %event.kind, outcome = outcome.as_str(), "webhook");
+            metrics.webhook(&event.kind, outcome.as_str());
+            Ok(json(StatusCode::OK, &Received { received: true, outcome: outcome.as_str() }))
+        }
+        Err(p) => {
+            tracing::error!(event_id = %event.id, event_type = %event.kind, code = p.code, "webhook not applied; Stripe will deliver it again");
+            metrics.webhook(&event.kind, "failed");
+            // Always a 5xx: Stripe retries those.
+            let status = if p.status.is_server_error() { p.status } else { StatusCode::SERVICE_UNAVAILABLE };
+            Err(Problem { status, ..p })
+        }
+    }
+}
+
+/// A user id as Terrace sent it (canonical form only).
+fn user_of(raw: Option<&str>) -> Option<UserId> {
+    let raw = raw?;
+    let id = uuid::Uuid::try_parse(raw).ok()?;
+    (id.hyphenated().to_string() == raw).then_some(UserId(id))
+}
+
+/// What a verified Stripe event does, by the rules of CONTRACT §7: a paid
+/// payment Checkout credits its package to the user it names; a
+/// subscription Checkout activates; subscription and invoice events keep
+/// the status, period end and cancel flag. Anything else is ignored.
+pub(crate) fn billing_event(e: &PaymentEvent) -> BillingEvent {
+    let at = |rank| EventOrder { created: e.created, rank };
+    let (order, change) = match &e.kind {
+        PaymentEventKind::CheckoutCompleted(c) => {
+            let user = user_of(c.client_reference_id.as_deref()).or_else(|| user_of(c.user_id.as_deref()));
+            let paid = matches!(c.payment_status, PaymentStatus::Paid | PaymentStatus::NoPaymentRequired);
+            let change = match (c.mode, user) {
+                (CheckoutMode::Payment, Some(user)) if c.payment_status == PaymentStatus::Paid => {
+                    match (c.package_id.as_deref().and_then(Package::find), &c.payment_intent) {
+                        (Some(package), Some(pi)) => BillingChange::Purchase {
+                            user,
+                            package,
+                            payment_intent: pi.clone(),
+                            customer_id: c.customer.clone(),
+                        },
+                        _ => {
+                            tracing::warn!(session_id = %c.session_id, "a paid session names no known package or payment");
+                            BillingChange::Ignored
+                        }
+                    }
+                }
+                (CheckoutMode::Subscription, Some(user)) => BillingChange::Subscription {
+                    user: Some(user),
+                    change: SubscriptionChange {
+                        customer_id: c.customer.clone(),
+                        subscription_id: c.subscription.clone(),
+                        plan: c.plan_id.clone().filter(|p| Plan::find(p).is_some()),
+                        status: paid.then_some(SubscriptionStatus::Active),
+                        ..Default::default()
+                    },
+                },
+                _ => BillingChange::Ignored,
+            };
+            (at(2), change)
+        }
+        PaymentEventKind::SubscriptionChanged(c) => {
+            let rank = match c.action {
+                SubscriptionAction::Created => 1,
+                SubscriptionAction::Updated => 3,
+                SubscriptionAction::Deleted => 5,
+            };
+            let status = match c.action {
+                SubscriptionAction::Deleted => Some(SubscriptionStatus::Cancelled),
+                _ => SubscriptionStatus::from_stripe(&c.status),
+            };
+            let change = SubscriptionChange {
+                customer_id: c.customer.clone(),
+                subscription_id: Some(c.subscription_id.clone()),
+                plan: c.plan_id.clone().filter(|p| Plan::find(p).is_some()),
+                status,
+                current_period_end: c.current_period_end,
+                cancel_at_period_end: Some(c.cancel_at_period_end),
+            };
+            (at(rank), BillingChange::Subscription { user: user_of(c.user_id.as_deref()), change })
+        }
+        PaymentEventKind::InvoicePaid(i) | PaymentEventKind::InvoiceFailed(i) => {
+            let paid = matches!(e.kind, PaymentEventKind::InvoicePaid(_));
+            let change = match &i.subscription_id {
+                Some(sub) => BillingChange::Subscription {
+                    user: user_of(i.user_id.as_deref()),
+                    change: SubscriptionChange {
+                        customer_id: i.customer.clone(),
+                        subscription_id: Some(sub.clone()),
+                        status: Some(if paid {
+                            SubscriptionStatus::Active
+                        } else {
+                            SubscriptionStatus::PastDue
+                        }),
+                        current_period_end: if paid { i.period_end } else { None },
+                        ..Default::default()
+                    },
+                },
+                None => BillingChange::Ignored,
+            };
+            (at(4), change)
+        }
+        PaymentEventKind::Other => (at(0), BillingChange::Ignored),
+    };
+    BillingEvent { id: e.id.clone(), kind: e.event_type.clone(), order, change }
+}
