@@ -229,11 +229,7 @@ impl Payments for FakePayments {
         self.fail()?;
         Ok(PortalSession { id: "bps_1".into(), url: format!("https://portal.example/{customer}") })
     }
-    fn parse_webhook(
-        &self,
-        signature: Option<&str>,
-        _body: &[u8],
-    ) -> Result<PaymentEvent, WebhookError> {
+    fn parse_webhook(&self, signature: Option<&str>, _body: &[u8]) -> Result<PaymentEvent, WebhookError> {
         match (signature, self.event.lock().unwrap().clone()) {
             (Some("good"), Some(e)) => Ok(e),
             (None, _) => Err(WebhookError::Signature(SignatureError::Missing)),
