@@ -817,6 +817,63 @@ pub async fn cancel_racing_a_worker_resolves_each_hold_once(s: &Subject) {
     assert_eq!((acc.held, acc.captured, acc.trial_credits), (0, completed, 4 - completed));
 }
 
+// ---- rules both stores once applied differently ----
+
+/// A stuck worker that keeps heartbeating cannot keep overdue work (and its
+/// holds) forever: its lease is capped at the deadline plus one TTL.
+pub async fn heartbeats_never_keep_a_lease_past_the_deadline_by_more_than_one_ttl(s: &Subject) {
+    let user = UserId::new_random();
+    let g = create_within(s, user, &[FrontYard], Duration::from_millis(300), 3).await;
+    let w = worker("stuck");
+    claim_it(s, &g, &w, SHORT_TTL).await;
+    let ended = eventually("the sweep ends work whose worker keeps heartbeating", BOUND, async || {
+        let leases = s.store.heartbeat(&w, SHORT_TTL).await.unwrap();
+        assert!(leases.len() <= 1);
+        let ids = s.store.end_overdue(10).await.unwrap();
+        ids.contains(&g.id).then_some(ids)
+    })
+    .await;
+    assert_eq!(ended, [g.id]);
+    let done = get(s, g.id).await;
+    assert_eq!(done.error.map(|e| e.code), Some(ErrorCode::DeadlineExceeded));
+    assert!(s.store.heartbeat(&w, SHORT_TTL).await.unwrap().is_empty(), "the lease is gone");
+    assert_eq!(account(s, user).await.held, 0);
+}
+
+pub async fn the_sweep_ends_the_earliest_deadline_first(s: &Subject) {
+    let user = UserId::new_random();
+    let later = create_within(s, user, &[FrontYard], Duration::from_millis(400), 5).await;
+    let sooner = create_within(s, user, &[Backyard], Duration::from_millis(200), 5).await;
+    let earliest = create_within(s, user, &[Patio], Duration::from_millis(100), 5).await;
+    // The store's clock is this machine's: wait for it past the last deadline.
+    let past = later.deadline_at + chrono::TimeDelta::milliseconds(100);
+    eventually("all three are past their deadlines", BOUND, async || {
+        (chrono::Utc::now() > past).then_some(())
+    })
+    .await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.extend(s.store.end_overdue(1).await.unwrap());
+    }
+    assert_eq!(order, [earliest.id, sooner.id, later.id]);
+}
+
+pub async fn a_finish_that_cannot_settle_is_refused_and_writes_nothing(s: &Subject) {
+    let user = UserId::new_random();
+    let g = create(s, user, &[FrontYard, Backyard], 3).await;
+    let w = worker("w");
+    let l = lease(&claim_it(s, &g, &w, TTL).await, &w);
+    for unfinished in [AreaStatus::Pending, AreaStatus::Processing] {
+        let r = s.store.finish(&l, unfinished, &failure(ErrorCode::Internal)).await;
+        assert!(matches!(r, Err(StoreError::Internal { .. })), "{unfinished:?}: {r:?}");
+    }
+    let still = get(s, g.id).await;
+    assert!(!still.status.is_terminal());
+    assert!(still.areas.iter().all(|a| a.hold == HoldState::Held), "nothing was resolved");
+    let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    assert_eq!(done.status, GenerationStatus::Failed);
+}
+
 // ---- billing (CONTRACT §7) ----
 
 use terrace_domain::billing::{

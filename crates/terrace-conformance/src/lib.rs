@@ -98,6 +98,9 @@ macro_rules! suite {
             subscription_events_out_of_order_never_move_it_back,
             an_active_subscription_holds_nothing_and_a_lapsed_one_pays_trial_then_tokens,
             unknown_and_unpaid_events_are_acknowledged_and_change_nothing,
+            heartbeats_never_keep_a_lease_past_the_deadline_by_more_than_one_ttl,
+            the_sweep_ends_the_earliest_deadline_first,
+            a_finish_that_cannot_settle_is_refused_and_writes_nothing,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -8,6 +8,8 @@
 //!   `credited = available + held + captured`.
 //! - [`billing`]: the packages and the plan, a user's subscription, and the
 //!   rules by which Stripe's events change it.
+//! - [`rules`]: what every store applies to leases, claims, the sweep,
+//!   fenced writes, resolved holds and paging, written once.
 //! - [`prompt`]: a design prompt for every area × style.
 //! - [`policy`]: [`policy::Policies`], every deadline, the retry/backoff policy and the
 //!   lock policy, built explicitly by the caller (there is no `Default`).
@@ -23,6 +25,7 @@ pub mod geo;
 pub mod input;
 pub mod policy;
 pub mod prompt;
+pub mod rules;
 pub mod state;
 
 pub use credits::{Account, CreditSource, HoldState, LedgerEntry, LedgerKind};

@@ -21,6 +21,7 @@ use terrace_domain::billing::{
     BillingChange, BillingEvent, Subscription, SubscriptionChange, WebhookOutcome, purchase_reference,
 };
 use terrace_domain::credits::check_conservation;
+use terrace_domain::rules;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     Account, Area, AreaKind, BlobError, CreateError, CreditReference, CreditSource, ErrorCode, Failure,
@@ -244,12 +245,9 @@ impl State {
 
     fn fenced(&mut self, lease: &Lease) -> Result<&mut Row, StoreError> {
         let row = self.rows.get_mut(&lease.generation_id).ok_or(StoreError::NotFound)?;
-        if row.generation.status.is_terminal() {
-            return Err(StoreError::Finished);
-        }
-        if row.generation.attempt != lease.attempt || row.lease_owner.as_ref() != Some(&lease.owner) {
-            return Err(StoreError::LeaseLost);
-        }
+        let g = &row.generation;
+        let owner = row.lease_owner.as_ref().map(|o| o.0.as_str());
+        rules::check_fence(g.status, g.attempt, owner, lease.attempt, &lease.owner.0)?;
         Ok(row)
     }
 
@@ -270,13 +268,7 @@ impl State {
     }
 
     fn claimable(row: &Row, now: DateTime<Utc>) -> bool {
-        let g = &row.generation;
-        let free = match g.status {
-            GenerationStatus::Pending => true,
-            GenerationStatus::Processing => row.lease_expires.is_none_or(|e| e <= now),
-            _ => false,
-        };
-        free && g.deadline_at > now
+        rules::claimable(row.generation.status, row.lease_expires, row.generation.deadline_at, now)
     }
 
     fn take_claim(row: &mut Row, now: DateTime<Utc>, owner: &WorkerId, ttl: Duration) -> Generation {
@@ -285,7 +277,7 @@ impl State {
         g.status = GenerationStatus::Processing;
         g.started_at.get_or_insert(now);
         row.lease_owner = Some(owner.clone());
-        row.lease_expires = Some(now + delta(ttl));
+        row.lease_expires = Some(rules::lease_expiry(now, g.deadline_at, ttl));
         g.clone()
     }
 }
@@ -353,17 +345,9 @@ fn area_of(row: &mut Row, area: AreaKind) -> Result<&mut Area, StoreError> {
     row.generation.area_mut(area).ok_or(StoreError::NotFound)
 }
 
-fn page<T>(items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Page<T> {
-    let mut items = items;
-    let next_cursor = (items.len() > limit).then(|| {
-        items.truncate(limit);
-        items.last().map(&cursor_of).unwrap_or_default()
-    });
+fn page<T>(items: Vec<T>, limit: usize, position: impl Fn(&T) -> i64) -> Page<T> {
+    let (items, next_cursor) = rules::page(items, limit, position);
     Page { items, next_cursor }
-}
-
-fn parse_cursor(c: &Option<String>) -> Result<Option<u64>, StoreError> {
-    c.as_deref().map(|s| s.parse::<u64>().map_err(|_| StoreError::InvalidCursor)).transpose()
 }
 
 #[async_trait]
@@ -468,19 +452,19 @@ impl GenerationStore for MemoryStore {
     }
 
     async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
-        let before = parse_cursor(&query.cursor)?.unwrap_or(u64::MAX);
+        let before = rules::parse_cursor(query.cursor.as_deref())?.unwrap_or(i64::MAX);
         let s = self.lock();
         let mut rows: Vec<&Row> = s
             .rows
             .values()
-            .filter(|r| r.generation.user_id == user && r.seq < before)
+            .filter(|r| r.generation.user_id == user && (r.seq as i64) < before)
             .filter(|r| query.status.is_none_or(|st| r.generation.status == st))
             .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.seq));
         rows.truncate(query.limit + 1);
         let seqs: HashMap<GenerationId, u64> = rows.iter().map(|r| (r.generation.id, r.seq)).collect();
         let items = rows.into_iter().map(|r| r.generation.clone()).collect();
-        Ok(page(items, query.limit, |g: &Generation| seqs[&g.id].to_string()))
+        Ok(page(items, query.limit, |g: &Generation| seqs[&g.id] as i64))
     }
 
     async fn cancel(&self, id: GenerationId) -> Result<CancelOutcome, StoreError> {
@@ -492,8 +476,7 @@ impl GenerationStore for MemoryStore {
         }
         let (before, generation) = s.apply(now, id, |row| {
             row.generation.cancel_requested = true;
-            let failure = Failure::new(ErrorCode::Cancelled, "cancelled by the user");
-            row.close(AreaStatus::Cancelled, &failure, now);
+            row.close(AreaStatus::Cancelled, &rules::cancel_failure(), now);
             Ok(())
         })?;
         drop(s);
@@ -549,7 +532,7 @@ impl GenerationStore for MemoryStore {
             .values_mut()
             .filter(|r| r.lease_owner.as_ref() == Some(owner) && !r.generation.status.is_terminal())
             .map(|r| {
-                r.lease_expires = Some(now + delta(ttl));
+                r.lease_expires = Some(rules::lease_expiry(now, r.generation.deadline_at, ttl));
                 LeaseState {
                     generation_id: r.generation.id,
                     attempt: r.generation.attempt,
@@ -618,26 +601,27 @@ impl GenerationStore for MemoryStore {
         failure: &Failure,
     ) -> Result<Generation, StoreError> {
         self.fenced_write(lease, |row, now| {
-            row.close(unfinished, failure, now);
+            rules::finish(&mut row.generation, unfinished, failure, now)?;
+            row.lease_owner = None;
+            row.lease_expires = None;
             Ok(())
         })
     }
 
     async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
         let now = self.clock.now();
-        let failure = Failure::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed");
+        let failure = rules::deadline_failure();
         let mut s = self.lock();
         let mut ended = Vec::new();
-        let overdue: Vec<GenerationId> = s
+        let mut overdue: Vec<(DateTime<Utc>, GenerationId)> = s
             .rows
             .values()
-            .filter(|r| {
-                let g = &r.generation;
-                !g.status.is_terminal() && g.deadline_at <= now && r.lease_expires.is_none_or(|e| e <= now)
-            })
-            .take(limit)
-            .map(|r| r.generation.id)
+            .filter(|r| rules::overdue(r.generation.status, r.lease_expires, r.generation.deadline_at, now))
+            .map(|r| (r.generation.deadline_at, r.generation.id))
             .collect();
+        // Earliest deadline first, as every store sweeps.
+        overdue.sort();
+        let overdue: Vec<GenerationId> = overdue.into_iter().take(limit).map(|(_, id)| id).collect();
         for id in &overdue {
             ended.push(s.apply(now, *id, |row| {
                 row.close(AreaStatus::Failed, &failure, now);
@@ -668,9 +652,7 @@ impl GenerationStore for MemoryStore {
         let stuck = s
             .rows
             .values()
-            .filter(|r| {
-                !r.generation.status.is_terminal() && r.generation.deadline_at + delta(lease_ttl) < now
-            })
+            .filter(|r| rules::stuck(r.generation.status, r.generation.deadline_at, lease_ttl, now))
             .count() as u64;
         Ok(StoreGauges { credits_held: s.accounts.values().map(|a| a.held).sum(), stuck })
     }
@@ -693,7 +675,7 @@ impl Ledger for MemoryStore {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<Page<LedgerEntry>, LedgerError> {
-        let before = parse_cursor(&cursor)?.map_or(i64::MAX, |c| c as i64);
+        let before = rules::parse_cursor(cursor.as_deref())?.unwrap_or(i64::MAX);
         let s = self.lock();
         let items: Vec<LedgerEntry> = s
             .entries
@@ -703,7 +685,7 @@ impl Ledger for MemoryStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        Ok(page(items, limit, |e: &LedgerEntry| e.id.to_string()))
+        Ok(page(items, limit, |e: &LedgerEntry| e.id))
     }
 
     async fn grant(

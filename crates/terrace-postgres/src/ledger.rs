@@ -70,10 +70,7 @@ impl Ledger for PgStore {
         limit: usize,
         cursor: Option<String>,
     ) -> Result<Page<LedgerEntry>, LedgerError> {
-        let before = match cursor.as_deref() {
-            None => i64::MAX,
-            Some(c) => c.parse::<i64>().map_err(|_| StoreError::InvalidCursor)?,
-        };
+        let before = terrace_domain::rules::parse_cursor(cursor.as_deref())?.unwrap_or(i64::MAX);
         self.db()
             .run("transactions", async |c| {
                 let rows = c
@@ -86,11 +83,8 @@ impl Ledger for PgStore {
                     )
                     .await
                     .map_err(map_err)?;
-                let mut items = rows.iter().map(rows::ledger_entry).collect::<Result<Vec<_>, _>>()?;
-                let next_cursor = (items.len() > limit).then(|| {
-                    items.truncate(limit);
-                    items.last().map(|e| e.id.to_string()).unwrap_or_default()
-                });
+                let items = rows.iter().map(rows::ledger_entry).collect::<Result<Vec<_>, _>>()?;
+                let (items, next_cursor) = terrace_domain::rules::page(items, limit, |e| e.id);
                 Ok(Page { items, next_cursor })
             })
             .await

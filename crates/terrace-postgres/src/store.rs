@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use std::time::Duration;
+use terrace_domain::rules;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     Area, AreaKind, CreateError, CreditSource, ErrorCode, Failure, Generation, GenerationId,
@@ -109,27 +110,24 @@ pub(crate) async fn lock_account(
 async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<Vec<ErrorCode>, StoreError> {
     let (mut captured, mut trial, mut token) = (0i64, 0i64, 0i64);
     let mut voided = Vec::new();
-    for (b, a) in before.areas.iter().zip(&after.areas) {
-        if b.hold != HoldState::Held || a.hold == HoldState::Held {
-            continue;
-        }
-        let amount = i64::try_from(a.hold_source.per_area()).map_err(corrupt)?;
-        let kind = if a.hold == HoldState::Captured {
+    for r in rules::resolutions(before, after) {
+        let amount = i64::try_from(r.source.per_area()).map_err(corrupt)?;
+        let kind = if r.to == HoldState::Captured {
             captured += amount;
             "capture"
         } else {
-            match a.hold_source {
+            match r.source {
                 CreditSource::Trial => trial += amount,
                 CreditSource::Token => token += amount,
                 CreditSource::Subscription => {}
             }
-            voided.push(a.error.as_ref().map_or(ErrorCode::Internal, |f| f.code));
+            voided.push(r.reason.unwrap_or(ErrorCode::Internal));
             "void"
         };
         c.execute_cached(
             "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
              VALUES ($1, $2, $6, $3, $4, $5)",
-            &[&after.user_id.0, &kind, &a.hold_source.as_str(), &after.id.0, &a.kind().as_str(), &amount],
+            &[&after.user_id.0, &kind, &r.source.as_str(), &after.id.0, &r.area.as_str(), &amount],
         )
         .await
         .map_err(map_err)?;
@@ -186,12 +184,9 @@ async fn fence(c: &impl Sql, lease: &Lease) -> Result<DateTime<Utc>, StoreError>
     let attempt: i32 = row.get(1);
     let owner: Option<String> = row.get(2);
     let now: DateTime<Utc> = row.get(3);
-    if GenerationStatus::parse(&status).is_none_or(GenerationStatus::is_terminal) {
-        return Err(StoreError::Finished);
-    }
-    if i64::from(attempt) != i64::from(lease.attempt) || owner.as_deref() != Some(lease.owner.0.as_str()) {
-        return Err(StoreError::LeaseLost);
-    }
+    let status = GenerationStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
+    let attempt = u32::try_from(attempt).map_err(corrupt)?;
+    rules::check_fence(status, attempt, owner.as_deref(), lease.attempt, &lease.owner.0)?;
     Ok(now)
 }
 
@@ -471,10 +466,7 @@ impl GenerationStore for PgStore {
     }
 
     async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
-        let before = match query.cursor.as_deref() {
-            None => i64::MAX,
-            Some(c) => c.parse::<i64>().map_err(|_| StoreError::InvalidCursor)?,
-        };
+        let before = rules::parse_cursor(query.cursor.as_deref())?.unwrap_or(i64::MAX);
         let limit = query.limit;
         let status = query.status.map(GenerationStatus::as_str);
         self.db()
@@ -488,11 +480,8 @@ impl GenerationStore for PgStore {
                     .await
                     .map_err(map_err)?;
                 let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-                let mut items = load(&*c, &ids, false).await?;
-                let next_cursor = (items.len() > limit).then(|| {
-                    items.truncate(limit);
-                    items.last().map(|(_, seq)| seq.to_string()).unwrap_or_default()
-                });
+                let items = load(&*c, &ids, false).await?;
+                let (items, next_cursor) = rules::page(items, limit, |(_, seq)| *seq);
                 Ok(Page { items: items.into_iter().map(|(g, _)| g).collect(), next_cursor })
             })
             .await
@@ -510,11 +499,7 @@ impl GenerationStore for PgStore {
                 let now = now(&tx).await?;
                 let mut after = before.clone();
                 after.cancel_requested = true;
-                after.close(
-                    AreaStatus::Cancelled,
-                    &Failure::new(ErrorCode::Cancelled, "cancelled by the user"),
-                    now,
-                );
+                after.close(AreaStatus::Cancelled, &rules::cancel_failure(), now);
                 let voided = save(&tx, &before, &after, false).await?;
                 notify(&tx, &Notification::CancelRequested(id)).await?;
                 notify(&tx, &Notification::Changed(id)).await?;
@@ -664,21 +649,12 @@ impl GenerationStore for PgStore {
         unfinished: AreaStatus,
         failure: &Failure,
     ) -> Result<Generation, StoreError> {
-        self.fenced_change("finish", lease, false, |g, now| {
-            if g.close(unfinished, failure, now) {
-                Ok(())
-            } else {
-                Err(StoreError::Internal {
-                    detail: format!("cannot end unfinished areas as {}", unfinished.as_str()),
-                })
-            }
-        })
-        .await
+        self.fenced_change("finish", lease, false, |g, now| rules::finish(g, unfinished, failure, now)).await
     }
 
     async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let failure = Failure::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed");
+        let failure = rules::deadline_failure();
         let (ids, voided) = self
             .db()
             .run("end_overdue", async |c| {
