@@ -310,20 +310,31 @@ pub async fn expired_lease_is_rescued_and_old_writes_refused(s: &Subject) {
     assert_eq!((rescued.id, rescued.attempt), (g.id, 2));
     let stale = [
         s.store.advance_area(&old_lease, FrontYard, AreaStage::GeneratingDesign, 50).await,
-        s.store.complete_area(&old_lease, FrontYard, "old-key").await,
-        s.store.end_area(&old_lease, Backyard, AreaStatus::Failed, &failure(ErrorCode::NoImage)).await,
+        s.store.complete_area(&old_lease, FrontYard, "old-key").await.map(drop),
+        s.store
+            .end_area(&old_lease, Backyard, AreaStatus::Failed, &failure(ErrorCode::NoImage))
+            .await
+            .map(drop),
         s.store.release(&old_lease).await,
     ];
     assert!(stale.iter().all(|r| *r == Err(StoreError::LeaseLost)), "old writes refused: {stale:?}");
     assert_eq!(
-        s.store.finish(&old_lease, AreaStatus::Failed, &failure(ErrorCode::Internal)).await,
+        s.store
+            .finish(&old_lease, AreaStatus::Failed, &failure(ErrorCode::Internal))
+            .await
+            .map(|f| f.generation),
         Err(StoreError::LeaseLost)
     );
     assert!(s.store.heartbeat(&old, TTL).await.unwrap().is_empty(), "the old owner holds nothing");
     let new_lease = lease(&rescued, &new);
     complete(s, &new_lease, FrontYard, "k1").await;
     complete(s, &new_lease, Backyard, "k2").await;
-    let done = s.store.finish(&new_lease, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    let done = s
+        .store
+        .finish(&new_lease, AreaStatus::Failed, &failure(ErrorCode::Internal))
+        .await
+        .unwrap()
+        .generation;
     assert_eq!(done.status, GenerationStatus::Completed);
     assert_eq!(resolutions(s, &done).await, [(FrontYard, 1), (Backyard, 1)]);
 }
@@ -362,7 +373,8 @@ pub async fn complete_captures_and_end_voids_once(s: &Subject) {
     let acc = account(s, user).await;
     assert_eq!((acc.trial_credits, acc.held, acc.captured), (2, 0, 1));
     assert_eq!(resolutions(s, &now).await, [(FrontYard, 1), (Backyard, 1)]);
-    let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    let done =
+        s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap().generation;
     assert_eq!(done.status, GenerationStatus::PartiallyCompleted);
     assert_eq!((done.captured(), done.voided()), (1, 1));
 }
@@ -389,7 +401,7 @@ pub async fn finish_ends_unfinished_and_settles(s: &Subject) {
     s.store.advance_area(&l, Backyard, AreaStage::RetrievingImagery, 5).await.unwrap();
     s.store.end_area(&l, Walkway, AreaStatus::Failed, &failure(ErrorCode::ImageryUnavailable)).await.unwrap();
     let why = failure(ErrorCode::AddressNotFound);
-    let done = s.store.finish(&l, AreaStatus::Failed, &why).await.unwrap();
+    let done = s.store.finish(&l, AreaStatus::Failed, &why).await.unwrap().generation;
     assert_eq!(done.status, GenerationStatus::Failed);
     assert!(done.completed_at.is_some());
     // The generation's error is the first area's.
@@ -402,7 +414,10 @@ pub async fn finish_ends_unfinished_and_settles(s: &Subject) {
     assert_eq!(get(s, g.id).await, done);
     let acc = account(s, user).await;
     assert_eq!((acc.trial_credits, acc.held, acc.captured), (3, 0, 0));
-    assert_eq!(s.store.finish(&l, AreaStatus::Failed, &why).await, Err(StoreError::Finished));
+    assert_eq!(
+        s.store.finish(&l, AreaStatus::Failed, &why).await.map(|f| f.generation),
+        Err(StoreError::Finished)
+    );
     assert!(s.store.heartbeat(&w, TTL).await.unwrap().is_empty(), "the lease ended");
     assert_eq!(s.store.claim_one(g.id, &w, TTL).await.unwrap(), None);
 }
@@ -423,7 +438,8 @@ pub async fn finish_with_every_area_completed_is_completed(s: &Subject) {
         .await
         .unwrap();
     complete(s, &l, Patio, "k").await;
-    let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    let done =
+        s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap().generation;
     assert_eq!((done.status, done.error.clone(), done.captured()), (GenerationStatus::Completed, None, 1));
     assert_eq!(done.geocoded.as_ref().map(|g| g.formatted_address.as_str()), Some("1600 Amphitheatre Pkwy"));
     let acc = account(s, user).await;
@@ -490,7 +506,8 @@ pub async fn release_hands_work_back(s: &Subject) {
     assert_eq!(again.attempt, 2);
     let nl = lease(&again, &next);
     complete(s, &nl, FrontYard, "k2").await;
-    let done = s.store.finish(&nl, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    let done =
+        s.store.finish(&nl, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap().generation;
     assert_eq!(done.status, GenerationStatus::Completed);
 }
 
@@ -549,7 +566,12 @@ pub async fn end_overdue_spares_live_leases(s: &Subject) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let l = lease(&claimed, &w);
-    let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::DeadlineExceeded)).await.unwrap();
+    let done = s
+        .store
+        .finish(&l, AreaStatus::Failed, &failure(ErrorCode::DeadlineExceeded))
+        .await
+        .unwrap()
+        .generation;
     assert_eq!(done.status, GenerationStatus::Failed);
 }
 
@@ -577,7 +599,8 @@ pub async fn dropped_worker_is_resumed_and_every_hold_resolves_once(s: &Subject)
     let rl = lease(&resumed, &rescuer);
     complete(s, &rl, Backyard, "k2").await;
     s.store.end_area(&rl, Patio, AreaStatus::Failed, &failure(ErrorCode::NoImage)).await.unwrap();
-    let done = s.store.finish(&rl, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    let done =
+        s.store.finish(&rl, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap().generation;
     assert_eq!(done.status, GenerationStatus::PartiallyCompleted);
     let ended = eventually("the orphan past its deadline is ended", BOUND, async || {
         let ids = s.store.end_overdue(10).await.unwrap();
@@ -800,7 +823,10 @@ pub async fn cancel_racing_a_worker_resolves_each_hold_once(s: &Subject) {
     let mut completed = 0;
     for c in completes {
         match c.await.unwrap() {
-            Ok(()) => completed += 1,
+            Ok(resolved) => {
+                assert!(matches!(&resolved[..], [r] if r.to == HoldState::Captured), "{resolved:?}");
+                completed += 1
+            }
             Err(StoreError::Finished) => {}
             other => {
                 panic!("a completion racing a cancel either lands or finds the area finished: {other:?}")
@@ -870,7 +896,8 @@ pub async fn a_finish_that_cannot_settle_is_refused_and_writes_nothing(s: &Subje
     let still = get(s, g.id).await;
     assert!(!still.status.is_terminal());
     assert!(still.areas.iter().all(|a| a.hold == HoldState::Held), "nothing was resolved");
-    let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    let done =
+        s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap().generation;
     assert_eq!(done.status, GenerationStatus::Failed);
 }
 
@@ -988,7 +1015,8 @@ pub async fn an_active_subscription_holds_nothing_and_a_lapsed_one_pays_trial_th
     let l = lease(&claim_it(s, &free, &w, TTL).await, &w);
     complete(s, &l, FrontYard, "k").await;
     s.store.end_area(&l, Backyard, AreaStatus::Failed, &failure(ErrorCode::NoImage)).await.unwrap();
-    let done = s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap();
+    let done =
+        s.store.finish(&l, AreaStatus::Failed, &failure(ErrorCode::Internal)).await.unwrap().generation;
     assert_eq!(done.status, GenerationStatus::PartiallyCompleted);
     assert!(resolutions(s, &done).await.iter().all(|(_, n)| *n == 1), "every hold resolved once");
     let holds: Vec<_> = all_entries(s, user)

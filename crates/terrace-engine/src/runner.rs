@@ -12,16 +12,15 @@ use crate::Ports;
 use crate::retry::{bounded, with_retry};
 use crate::supervisor::{StageReporter, Stop, StopReason};
 use futures::StreamExt;
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 use terrace_domain::prompt::design_prompt;
+use terrace_domain::rules::Resolution;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
-    Area, AreaKind, Classify, DesignError, ErrorCode, Failure, Generation, GeocodeError, Geocoded, HoldState,
+    Area, Classify, DesignError, ErrorCode, Failure, Generation, GeocodeError, Geocoded, HoldState,
     ImageryError, LatLng, Policies, RetryPolicy, StoreError, TimeoutKind, UpstreamError,
 };
-use terrace_ports::{DesignEvent, DesignRequest, Image, Lease, SourceKind, Upstream, blob_key};
+use terrace_ports::{DesignEvent, DesignRequest, Finished, Image, Lease, SourceKind, Upstream, blob_key};
 use tokio::sync::OnceCell;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{Instrument, info, warn};
@@ -78,14 +77,7 @@ pub async fn run_generation(
         let started = Instant::now();
         let deadline = deadline_instant(ports, generation.deadline_at);
         info!(areas = generation.areas.len(), "generation started");
-        let run = Run {
-            ports,
-            policies,
-            lease: &lease,
-            stage,
-            sources: Sources::default(),
-            resolved: Mutex::default(),
-        };
+        let run = Run { ports, policies, lease: &lease, stage, sources: Sources::default() };
         let ended = tokio::select! {
             biased;
             reason = stop.fired() => Err(reason),
@@ -132,8 +124,6 @@ struct Run<'a> {
     lease: &'a Lease,
     stage: Option<StageReporter>,
     sources: Sources,
-    /// Areas whose hold this run resolved (and reported) itself.
-    resolved: Mutex<HashSet<AreaKind>>,
 }
 
 impl Run<'_> {
@@ -143,8 +133,11 @@ impl Run<'_> {
         }
     }
 
-    fn resolved(&self, area: AreaKind) {
-        self.resolved.lock().unwrap_or_else(|p| p.into_inner()).insert(area);
+    /// Reports the voids a write booked (each write reports its own).
+    fn report_voids(&self, resolved: &[Resolution]) {
+        for r in resolved.iter().filter(|r| r.to == HoldState::Voided) {
+            self.ports.observer.hold_voided(r.reason.unwrap_or(ErrorCode::Internal));
+        }
     }
 
     fn call_limit(&self) -> Duration {
@@ -229,7 +222,7 @@ impl Run<'_> {
                         store.complete_area(self.lease, kind, &image_key)
                     })
                     .await;
-                return self.settled(kind, done, || info!("area completed"));
+                return self.settled(done, || info!("area completed"));
             }
             Ok(Err(AreaFail::Halt(h))) => return Err(h),
             Ok(Err(AreaFail::Failure(f))) => f,
@@ -242,18 +235,18 @@ impl Run<'_> {
                 store.end_area(self.lease, kind, AreaStatus::Failed, &failure)
             })
             .await;
-        self.settled(kind, ended, || self.ports.observer.hold_voided(failure.code))
+        self.settled(ended, || {})
     }
 
     /// What the write that resolves an area's hold came to: on success the
-    /// area is this run's (`report` tells of it); a finished area or
-    /// generation needs nothing more; a lost lease halts the run; anything
-    /// else is left to the final write or the sweeper.
-    fn settled(&self, kind: AreaKind, r: Result<(), StoreError>, report: impl FnOnce()) -> Result<(), Halt> {
+    /// voids it booked are reported (and `report` tells of the rest); a
+    /// finished area or generation needs nothing more; a lost lease halts the
+    /// run; anything else is left to the final write or the sweeper.
+    fn settled(&self, r: Result<Vec<Resolution>, StoreError>, report: impl FnOnce()) -> Result<(), Halt> {
         match r {
-            Ok(()) => {
+            Ok(resolved) => {
+                self.report_voids(&resolved);
                 report();
-                self.resolved(kind);
                 Ok(())
             }
             Err(StoreError::Finished) => Ok(()),
@@ -267,15 +260,15 @@ impl Run<'_> {
 
     /// A fenced store write that must land: retried while retryable, each try
     /// bounded, and never waiting past `deadline` plus one call.
-    async fn store_retry<'b, F, Fut>(
+    async fn store_retry<'b, T, F, Fut>(
         &self,
         deadline: Instant,
         what: &str,
         mut op: F,
-    ) -> Result<(), StoreError>
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), StoreError>> + 'b,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + 'b,
     {
         let until = deadline.max(Instant::now()) + self.call_limit();
         // A write that settles a hold is worth every try the time allows (a
@@ -440,19 +433,10 @@ impl Run<'_> {
         })
         .await;
         match r {
-            Ok(g) => {
-                // Report the voids this final write made: areas held when the
-                // run began that the run did not resolve itself.
-                let resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                for (now, then) in g.areas.iter().zip(&generation.areas) {
-                    let voided_here = then.hold == HoldState::Held
-                        && now.hold == HoldState::Voided
-                        && !resolved.contains(&now.kind());
-                    if voided_here {
-                        self.ports.observer.hold_voided(now.error.as_ref().map_or(failure.code, |e| e.code));
-                    }
-                }
-                self.finished(g)
+            Ok(Finished { generation, resolved }) => {
+                // The store says which holds this final write resolved.
+                self.report_voids(&resolved);
+                self.finished(generation)
             }
             Err(StoreError::Finished) => self.read_final(generation).await,
             Err(StoreError::LeaseLost) => RunOutcome::LeaseLost,

@@ -21,7 +21,7 @@ use terrace_domain::billing::{
     BillingChange, BillingEvent, Subscription, SubscriptionChange, WebhookOutcome, purchase_reference,
 };
 use terrace_domain::credits::check_conservation;
-use terrace_domain::rules;
+use terrace_domain::rules::{self, Resolution};
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     Account, Area, AreaKind, BlobError, CreateError, CreditReference, CreditSource, ErrorCode, Failure,
@@ -29,9 +29,9 @@ use terrace_domain::{
     LedgerEntry, LedgerError, LedgerKind, StoreError, UserId,
 };
 use terrace_ports::{
-    BillingLedger, BlobStore, CancelOutcome, Clock, CreateOutcome, GenerationStore, Grant, IdempotencyClaim,
-    Image, Lease, LeaseState, Ledger, ListQuery, NewGeneration, NoopObserver, Notification, Observer, Page,
-    PoolStatus, StoreGauges, StoredResponse, WorkerId,
+    BillingLedger, BlobStore, CancelOutcome, Clock, CreateOutcome, Finished, GenerationStore, Grant,
+    IdempotencyClaim, Image, Lease, LeaseState, Ledger, ListQuery, NewGeneration, NoopObserver, Notification,
+    Observer, Page, PoolStatus, StoreGauges, StoredResponse, WorkerId,
 };
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -149,31 +149,19 @@ impl State {
         a
     }
 
-    /// Records the ledger side of areas that just ended or completed.
-    fn resolve_holds(&mut self, now: DateTime<Utc>, generation: &Generation, before: &[HoldState]) {
-        for (area, was) in generation.areas.iter().zip(before) {
-            if *was != HoldState::Held || area.hold == HoldState::Held {
-                continue;
-            }
-            let account = self
-                .accounts
-                .entry(generation.user_id)
-                .or_insert_with(|| Account::open(generation.user_id, 0));
-            let kind = match area.hold {
-                HoldState::Captured => {
-                    account.capture(area.hold_source);
-                    LedgerKind::Capture
-                }
-                _ => {
-                    account.void(area.hold_source);
-                    LedgerKind::Void
-                }
+    /// Books the ledger side of holds that just resolved.
+    fn book(&mut self, now: DateTime<Utc>, generation: &Generation, resolved: &[Resolution]) {
+        let user = generation.user_id;
+        for r in resolved {
+            let account = self.accounts.entry(user).or_insert_with(|| Account::open(user, 0));
+            let kind = if r.to == HoldState::Captured {
+                account.capture(r.source);
+                LedgerKind::Capture
+            } else {
+                account.void(r.source);
+                LedgerKind::Void
             };
-            self.entry(
-                now,
-                (generation.user_id, kind, area.hold_source, area.hold_source.per_area()),
-                Link::Area(generation.id, area.kind()),
-            );
+            self.entry(now, (user, kind, r.source, r.source.per_area()), Link::Area(generation.id, r.area));
         }
     }
 
@@ -251,20 +239,26 @@ impl State {
         Ok(row)
     }
 
-    /// Applies `f` to a row and books in the ledger any holds it resolved.
-    /// Returns the holds as they were and the generation as it is now.
+    /// Applies `f` to a row (nothing, if it fails) and books in the ledger
+    /// the holds it resolved. Returns the generation as it is now and those
+    /// resolutions.
     fn apply(
         &mut self,
         now: DateTime<Utc>,
         id: GenerationId,
         f: impl FnOnce(&mut Row) -> Result<(), StoreError>,
-    ) -> Result<(Vec<HoldState>, Generation), StoreError> {
+    ) -> Result<(Generation, Vec<Resolution>), StoreError> {
         let row = self.rows.get_mut(&id).ok_or(StoreError::NotFound)?;
-        let before: Vec<_> = row.generation.areas.iter().map(|a| a.hold).collect();
-        f(row)?;
+        let before = row.generation.clone();
+        let (owner, expires) = (row.lease_owner.clone(), row.lease_expires);
+        if let Err(e) = f(row) {
+            (row.generation, row.lease_owner, row.lease_expires) = (before, owner, expires);
+            return Err(e);
+        }
         let generation = row.generation.clone();
-        self.resolve_holds(now, &generation, &before);
-        Ok((before, generation))
+        let resolved = rules::resolutions(&before, &generation);
+        self.book(now, &generation, &resolved);
+        Ok((generation, resolved))
     }
 
     fn claimable(row: &Row, now: DateTime<Utc>) -> bool {
@@ -308,11 +302,9 @@ impl MemoryStore {
         Self { state: Arc::default(), clock, events, observer }
     }
 
-    fn report_voids(&self, before: &[HoldState], after: &Generation) {
-        for (was, area) in before.iter().zip(&after.areas) {
-            if *was == HoldState::Held && area.hold == HoldState::Voided {
-                self.observer.hold_voided(area.error.as_ref().map_or(ErrorCode::Internal, |e| e.code));
-            }
+    fn report_voids(&self, resolved: &[Resolution]) {
+        for r in resolved.iter().filter(|r| r.to == HoldState::Voided) {
+            self.observer.hold_voided(r.reason.unwrap_or(ErrorCode::Internal));
         }
     }
 
@@ -326,18 +318,20 @@ impl MemoryStore {
         let _ = self.events.send(n);
     }
 
+    /// A fenced change: checks the lease, applies `change`, books the holds
+    /// it resolved, and returns the generation and those resolutions.
     fn fenced_write(
         &self,
         lease: &Lease,
         change: impl FnOnce(&mut Row, DateTime<Utc>) -> Result<(), StoreError>,
-    ) -> Result<Generation, StoreError> {
+    ) -> Result<(Generation, Vec<Resolution>), StoreError> {
         let now = self.clock.now();
         let mut s = self.lock();
         s.fenced(lease)?;
-        let (_, g) = s.apply(now, lease.generation_id, |row| change(row, now))?;
+        let written = s.apply(now, lease.generation_id, |row| change(row, now))?;
         drop(s);
         self.notify(Notification::Changed(lease.generation_id));
-        Ok(g)
+        Ok(written)
     }
 }
 
@@ -474,13 +468,13 @@ impl GenerationStore for MemoryStore {
         if row.generation.status.is_terminal() {
             return Ok(CancelOutcome::AlreadyTerminal(row.generation.clone()));
         }
-        let (before, generation) = s.apply(now, id, |row| {
+        let (generation, resolved) = s.apply(now, id, |row| {
             row.generation.cancel_requested = true;
             row.close(AreaStatus::Cancelled, &rules::cancel_failure(), now);
             Ok(())
         })?;
         drop(s);
-        self.report_voids(&before, &generation);
+        self.report_voids(&resolved);
         self.notify(Notification::CancelRequested(id));
         self.notify(Notification::Changed(id));
         Ok(CancelOutcome::Cancelled(generation))
@@ -574,11 +568,16 @@ impl GenerationStore for MemoryStore {
         .map(drop)
     }
 
-    async fn complete_area(&self, lease: &Lease, area: AreaKind, image_key: &str) -> Result<(), StoreError> {
+    async fn complete_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        image_key: &str,
+    ) -> Result<Vec<Resolution>, StoreError> {
         self.fenced_write(lease, |row, now| {
             area_of(row, area)?.complete(image_key.to_owned(), now).map_err(|_| StoreError::Finished)
         })
-        .map(drop)
+        .map(|(_, resolved)| resolved)
     }
 
     async fn end_area(
@@ -587,11 +586,11 @@ impl GenerationStore for MemoryStore {
         area: AreaKind,
         status: AreaStatus,
         failure: &Failure,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Resolution>, StoreError> {
         self.fenced_write(lease, |row, now| {
             area_of(row, area)?.end(status, failure.clone(), now).map_err(|_| StoreError::Finished)
         })
-        .map(drop)
+        .map(|(_, resolved)| resolved)
     }
 
     async fn finish(
@@ -599,13 +598,14 @@ impl GenerationStore for MemoryStore {
         lease: &Lease,
         unfinished: AreaStatus,
         failure: &Failure,
-    ) -> Result<Generation, StoreError> {
+    ) -> Result<Finished, StoreError> {
         self.fenced_write(lease, |row, now| {
             rules::finish(&mut row.generation, unfinished, failure, now)?;
             row.lease_owner = None;
             row.lease_expires = None;
             Ok(())
         })
+        .map(|(generation, resolved)| Finished { generation, resolved })
     }
 
     async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
@@ -629,8 +629,8 @@ impl GenerationStore for MemoryStore {
             })?);
         }
         drop(s);
-        for (before, generation) in &ended {
-            self.report_voids(before, generation);
+        for (_, resolved) in &ended {
+            self.report_voids(resolved);
         }
         for id in &overdue {
             self.notify(Notification::Changed(*id));

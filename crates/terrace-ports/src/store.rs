@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use std::time::Duration;
+use terrace_domain::rules::Resolution;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     Account, AreaKind, BlobError, CreateError, CreditReference, Failure, Generation, GenerationId,
@@ -132,6 +133,14 @@ pub enum Notification {
     CancelRequested(GenerationId),
 }
 
+/// What the worker's final write came to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub generation: Generation,
+    /// The holds this write resolved (those the run had not).
+    pub resolved: Vec<Resolution>,
+}
+
 /// Gauges the store can count cheaply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreGauges {
@@ -244,27 +253,36 @@ pub trait GenerationStore: Send + Sync + 'static {
 
     /// Completes an area with its stored image and captures its hold, in one
     /// transaction. Fenced; `Finished` if the area is terminal already.
-    async fn complete_area(&self, lease: &Lease, area: AreaKind, image_key: &str) -> Result<(), StoreError>;
+    /// Returns the hold it resolved.
+    async fn complete_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        image_key: &str,
+    ) -> Result<Vec<Resolution>, StoreError>;
 
     /// Ends an area as `failed` or `cancelled` and voids its hold, in one
     /// transaction. Fenced; `Finished` if the area is terminal already.
+    /// Returns the hold it resolved.
     async fn end_area(
         &self,
         lease: &Lease,
         area: AreaKind,
         status: AreaStatus,
         failure: &Failure,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Vec<Resolution>, StoreError>;
 
     /// Ends every unfinished area with `failure`, voiding their holds, then
     /// settles the generation and ends the lease. Fenced. Returns the final
-    /// record. With no unfinished areas it only settles.
+    /// record and the holds this write resolved. With no unfinished areas it
+    /// only settles. `Internal` (nothing written) when `unfinished` cannot
+    /// end an area.
     async fn finish(
         &self,
         lease: &Lease,
         unfinished: AreaStatus,
         failure: &Failure,
-    ) -> Result<Generation, StoreError>;
+    ) -> Result<Finished, StoreError>;
 
     /// Ends up to `limit` generations that are past their deadline and whose
     /// lease has expired (or that nobody claimed): unfinished areas fail with

@@ -9,14 +9,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use std::time::Duration;
-use terrace_domain::rules;
+use terrace_domain::rules::{self, Resolution};
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     Area, AreaKind, CreateError, CreditSource, ErrorCode, Failure, Generation, GenerationId,
     GenerationStatus, Geocoded, HoldState, IdempotencyKey, LockPolicy, StoreError, UserId,
 };
 use terrace_ports::{
-    CancelOutcome, CreateOutcome, GenerationStore, IdempotencyClaim, Lease, LeaseState, ListQuery,
+    CancelOutcome, CreateOutcome, Finished, GenerationStore, IdempotencyClaim, Lease, LeaseState, ListQuery,
     NewGeneration, Notification, Page, PoolStatus, StoreGauges, StoredResponse, WorkerId,
 };
 use uuid::Uuid;
@@ -107,10 +107,10 @@ pub(crate) async fn lock_account(
 /// Books the ledger side of every hold that `before` → `after` resolved: one
 /// entry per area, and the account's counters. Reports voids to the observer
 /// after the caller commits (returned as reasons).
-async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<Vec<ErrorCode>, StoreError> {
+async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<Vec<Resolution>, StoreError> {
     let (mut captured, mut trial, mut token) = (0i64, 0i64, 0i64);
-    let mut voided = Vec::new();
-    for r in rules::resolutions(before, after) {
+    let resolved = rules::resolutions(before, after);
+    for r in &resolved {
         let amount = i64::try_from(r.source.per_area()).map_err(corrupt)?;
         let kind = if r.to == HoldState::Captured {
             captured += amount;
@@ -121,7 +121,6 @@ async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<V
                 CreditSource::Token => token += amount,
                 CreditSource::Subscription => {}
             }
-            voided.push(r.reason.unwrap_or(ErrorCode::Internal));
             "void"
         };
         c.execute_cached(
@@ -141,7 +140,7 @@ async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<V
         .await
         .map_err(map_err)?;
     }
-    Ok(voided)
+    Ok(resolved)
 }
 
 /// Writes what changed from `before` to `after`: areas, holds, the
@@ -151,13 +150,13 @@ async fn save(
     before: &Generation,
     after: &Generation,
     keep_lease: bool,
-) -> Result<Vec<ErrorCode>, StoreError> {
+) -> Result<Vec<Resolution>, StoreError> {
     for (b, a) in before.areas.iter().zip(&after.areas) {
         if b != a {
             write_area(c, after.id, a).await?;
         }
     }
-    let voided = book(c, before, after).await?;
+    let resolved = book(c, before, after).await?;
     let head_changed = before.status != after.status
         || before.error != after.error
         || before.completed_at != after.completed_at
@@ -165,7 +164,7 @@ async fn save(
     if head_changed || !keep_lease {
         write_generation(c, after, keep_lease).await?;
     }
-    Ok(voided)
+    Ok(resolved)
 }
 
 /// Checks a worker's lease under the generation's row lock and returns the
@@ -244,28 +243,26 @@ impl PgStore {
         lease: &Lease,
         keep_lease: bool,
         change: impl FnOnce(&mut Generation, DateTime<Utc>) -> Result<(), StoreError> + Send,
-    ) -> Result<Generation, StoreError> {
-        let (g, _voided) = self
-            .db()
+    ) -> Result<(Generation, Vec<Resolution>), StoreError> {
+        self.db()
             .run(what, async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
                 let (before, now) = fenced(&tx, lease).await?;
                 let mut after = before.clone();
                 change(&mut after, now)?;
-                let voided = save(&tx, &before, &after, keep_lease).await?;
+                let resolved = save(&tx, &before, &after, keep_lease).await?;
                 notify(&tx, &Notification::Changed(after.id)).await?;
                 tx.commit().await.map_err(map_err)?;
-                Ok::<_, StoreError>((after, voided))
+                Ok::<_, StoreError>((after, resolved))
             })
-            .await?;
-        Ok(g)
+            .await
     }
 
     /// Reports voids nobody else sees: those of a user's cancellation and of
     /// the sweeper's overdue generations.
-    fn report(&self, voided: &[ErrorCode]) {
-        for code in voided {
-            self.inner.observer.hold_voided(*code);
+    fn report(&self, resolved: &[Resolution]) {
+        for r in resolved.iter().filter(|r| r.to == HoldState::Voided) {
+            self.inner.observer.hold_voided(r.reason.unwrap_or(ErrorCode::Internal));
         }
     }
 
@@ -621,12 +618,17 @@ impl GenerationStore for PgStore {
         .map(drop)
     }
 
-    async fn complete_area(&self, lease: &Lease, area: AreaKind, image_key: &str) -> Result<(), StoreError> {
+    async fn complete_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        image_key: &str,
+    ) -> Result<Vec<Resolution>, StoreError> {
         self.fenced_change("complete_area", lease, true, |g, now| {
             area_of(g, area)?.complete(image_key.to_owned(), now).map_err(|_| StoreError::Finished)
         })
         .await
-        .map(drop)
+        .map(|(_, resolved)| resolved)
     }
 
     async fn end_area(
@@ -635,12 +637,12 @@ impl GenerationStore for PgStore {
         area: AreaKind,
         status: AreaStatus,
         failure: &Failure,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Resolution>, StoreError> {
         self.fenced_change("end_area", lease, true, |g, now| {
             area_of(g, area)?.end(status, failure.clone(), now).map_err(|_| StoreError::Finished)
         })
         .await
-        .map(drop)
+        .map(|(_, resolved)| resolved)
     }
 
     async fn finish(
@@ -648,8 +650,11 @@ impl GenerationStore for PgStore {
         lease: &Lease,
         unfinished: AreaStatus,
         failure: &Failure,
-    ) -> Result<Generation, StoreError> {
-        self.fenced_change("finish", lease, false, |g, now| rules::finish(g, unfinished, failure, now)).await
+    ) -> Result<Finished, StoreError> {
+        let (generation, resolved) = self
+            .fenced_change("finish", lease, false, |g, now| rules::finish(g, unfinished, failure, now))
+            .await?;
+        Ok(Finished { generation, resolved })
     }
 
     async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {

@@ -114,7 +114,12 @@ impl GenerationStore for Stall {
         self.gate().await;
         self.inner.advance_area(lease, area, stage, progress).await
     }
-    async fn complete_area(&self, lease: &Lease, area: AreaKind, image_key: &str) -> Result<(), StoreError> {
+    async fn complete_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        image_key: &str,
+    ) -> Result<Vec<terrace_domain::rules::Resolution>, StoreError> {
         self.gate().await;
         self.inner.complete_area(lease, area, image_key).await
     }
@@ -124,7 +129,7 @@ impl GenerationStore for Stall {
         area: AreaKind,
         status: AreaStatus,
         failure: &Failure,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<terrace_domain::rules::Resolution>, StoreError> {
         self.gate().await;
         self.inner.end_area(lease, area, status, failure).await
     }
@@ -133,7 +138,7 @@ impl GenerationStore for Stall {
         lease: &Lease,
         unfinished: AreaStatus,
         failure: &Failure,
-    ) -> Result<Generation, StoreError> {
+    ) -> Result<Finished, StoreError> {
         self.gate().await;
         self.inner.finish(lease, unfinished, failure).await
     }
