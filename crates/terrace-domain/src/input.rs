@@ -224,11 +224,6 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// A count of credits. One credit buys one area.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-#[serde(transparent)]
-pub struct Credits(pub u64);
-
 /// An admin grant: 1 to 100 000 credits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]

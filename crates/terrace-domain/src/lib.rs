@@ -35,7 +35,7 @@ pub use error::{
 };
 pub use geo::LatLng;
 pub use input::{
-    Address, AreaKind, AreaRequest, CreditReference, Credits, CustomPrompt, GenerationId, GenerationRequest,
+    Address, AreaKind, AreaRequest, CreditReference, CustomPrompt, GenerationId, GenerationRequest,
     GrantAmount, IdempotencyKey, InvalidInput, PreservationStrength, RequestId, Style, UserId,
 };
 pub use policy::{DbPolicy, LeasePolicy, LockPolicy, Policies, PolicyError, RetryPolicy};

@@ -131,10 +131,6 @@ impl Engine {
         self.inner.supervisor.tracked()
     }
 
-    pub fn worker_id(&self) -> &WorkerId {
-        &self.inner.owner
-    }
-
     /// Stops a generation running here (the store has recorded the user's
     /// cancel already). Returns whether it ran here.
     pub fn cancel_local(&self, generation: terrace_domain::GenerationId) -> bool {

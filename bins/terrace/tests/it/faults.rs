@@ -109,7 +109,7 @@ async fn permanent_faults_end_the_area_with_their_code_in_memory() {
 
 #[tokio::test]
 async fn permanent_faults_end_the_area_with_their_code_on_postgres() {
-    check(crate::postgres_or_skip!(), permanent_faults(), &[]).await;
+    check(crate::support::Backend::postgres().await, permanent_faults(), &[]).await;
 }
 
 #[tokio::test]

@@ -1,4 +1,3 @@
-use crate::postgres_or_skip;
 use crate::support::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -94,7 +93,7 @@ async fn two_areas_complete_and_their_images_download_in_memory() {
 
 #[tokio::test]
 async fn two_areas_complete_and_their_images_download_on_postgres() {
-    happy_path(postgres_or_skip!()).await;
+    happy_path(crate::support::Backend::postgres().await).await;
 }
 
 async fn cancel_flow(backend: Backend) {
@@ -156,7 +155,7 @@ async fn cancel_ends_unfinished_areas_and_voids_their_holds_in_memory() {
 
 #[tokio::test]
 async fn cancel_ends_unfinished_areas_and_voids_their_holds_on_postgres() {
-    cancel_flow(postgres_or_skip!()).await;
+    cancel_flow(crate::support::Backend::postgres().await).await;
 }
 
 async fn idempotency_flow(backend: Backend) {
@@ -200,7 +199,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body_in
 
 #[tokio::test]
 async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body_on_postgres() {
-    idempotency_flow(postgres_or_skip!()).await;
+    idempotency_flow(crate::support::Backend::postgres().await).await;
 }
 
 async fn thirty_creates_on_five_credits(backend: Backend) {
@@ -240,7 +239,7 @@ async fn thirty_concurrent_creates_on_five_credits_hold_at_most_five_in_memory()
 
 #[tokio::test]
 async fn thirty_concurrent_creates_on_five_credits_hold_at_most_five_on_postgres() {
-    thirty_creates_on_five_credits(postgres_or_skip!()).await;
+    thirty_creates_on_five_credits(crate::support::Backend::postgres().await).await;
 }
 
 #[tokio::test]
@@ -383,7 +382,7 @@ async fn json_logs_carry_the_request_id_on_every_line_of_the_work() {
 
 #[tokio::test]
 async fn api_and_worker_instances_scale_apart_on_one_postgres() {
-    let backend = postgres_or_skip!();
+    let backend = crate::support::Backend::postgres().await;
     let sim = simulator().await;
     let mut env = base_env(&sim);
     backend.apply(&mut env);

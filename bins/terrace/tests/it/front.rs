@@ -90,10 +90,7 @@ async fn usage_errors_exit_2_and_say_what_is_wrong() {
 
 #[tokio::test]
 async fn serve_migrates_an_empty_database_at_startup() {
-    let Ok(admin_url) = std::env::var("TERRACE_TEST_DATABASE_URL") else {
-        eprintln!("skipped: TERRACE_TEST_DATABASE_URL is unset (cargo xtask test sets it)");
-        return;
-    };
+    let admin_url = crate::support::test_database_url();
     let name = format!("terrace_empty_{}", uuid::Uuid::new_v4().simple());
     let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap();
     let conn = tokio::spawn(conn);

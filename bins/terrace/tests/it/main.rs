@@ -1,7 +1,7 @@
 //! End-to-end: the real `terrace` binary on port 0, Google played by the
 //! simulator (in this test process, scripted per test), in memory and on
-//! Postgres (when `TERRACE_TEST_DATABASE_URL` is set, as `cargo xtask test`
-//! does; each test gets a fresh database).
+//! Postgres (`TERRACE_TEST_DATABASE_URL`, which `cargo xtask test` sets: a
+//! Postgres test fails without it; each test gets a fresh database).
 
 mod auth;
 mod config;

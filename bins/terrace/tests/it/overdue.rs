@@ -41,5 +41,5 @@ async fn api_only_instances_end_overdue_work_in_memory() {
 
 #[tokio::test]
 async fn api_only_instances_end_overdue_work_on_postgres() {
-    api_only_instances_end_overdue_work(crate::postgres_or_skip!()).await;
+    api_only_instances_end_overdue_work(crate::support::Backend::postgres().await).await;
 }

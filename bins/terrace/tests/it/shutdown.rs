@@ -3,7 +3,6 @@
 //! And the edge that keeps clients from hanging the server: readiness while
 //! the database stalls, header and request timeouts, load shedding.
 
-use crate::postgres_or_skip;
 use crate::support::*;
 use std::time::{Duration, Instant};
 use terrace_domain::UserId;
@@ -67,7 +66,7 @@ async fn a_second_signal_exits_at_once() {
 
 #[tokio::test]
 async fn sigterm_hands_work_back_and_a_second_instance_finishes_it() {
-    let backend = postgres_or_skip!();
+    let backend = crate::support::Backend::postgres().await;
     let sim = simulator().await;
     sim.set_default(Endpoint::Gemini, Behaviour::HangBeforeHeaders);
     let mut env = base_env(&sim);
@@ -123,11 +122,8 @@ async fn sigterm_hands_work_back_and_a_second_instance_finishes_it() {
 
 #[tokio::test]
 async fn readyz_answers_in_time_while_the_database_stalls() {
-    let Some(Backend::Postgres { url, blobs }) = Backend::postgres().await else {
-        eprintln!(
-            "TERRACE_TEST_DATABASE_URL is unset: run through `cargo xtask test` for the Postgres tests"
-        );
-        return;
+    let Backend::Postgres { url, blobs } = Backend::postgres().await else {
+        unreachable!("a Postgres backend")
     };
     let mut parsed = url::Url::parse(&url).unwrap();
     let upstream = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap_or(5432));

@@ -237,10 +237,19 @@ pub fn assert_conserved(account: &Value, credited: u64) {
     assert_eq!(n("trial_credits") + n("token_balance") + n("held") + n("captured"), credited, "{account}");
 }
 
-/// A fresh database on the test Postgres, migrated by `terrace migrate`, or
-/// `None` when no test Postgres is configured.
-pub async fn fresh_database() -> Option<String> {
-    let admin_url = std::env::var("TERRACE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
+/// The test Postgres that `cargo xtask test` starts. A test that needs it
+/// fails without it: a broken setup must not pass.
+pub fn test_database_url() -> String {
+    std::env::var("TERRACE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        panic!(
+            "TERRACE_TEST_DATABASE_URL is unset: run the tests with `cargo xtask test`, which starts Postgres"
+        )
+    })
+}
+
+/// A fresh database on the test Postgres, migrated by `terrace migrate`.
+pub async fn fresh_database() -> String {
+    let admin_url = test_database_url();
     let name = format!("terrace_e2e_{}", uuid::Uuid::new_v4().simple());
     let (client, conn) = tokio::time::timeout(
         Duration::from_secs(5),
@@ -266,7 +275,7 @@ pub async fn fresh_database() -> Option<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(url)
+    url
 }
 
 /// Where a test's server keeps its state.
@@ -277,11 +286,11 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Postgres if a test Postgres is configured; `None` otherwise.
-    pub async fn postgres() -> Option<Backend> {
-        let url = fresh_database().await?;
+    /// A fresh database on the test Postgres, and file blobs.
+    pub async fn postgres() -> Backend {
+        let url = fresh_database().await;
         let dir = std::env::temp_dir().join(format!("terrace-e2e-blobs-{}", uuid::Uuid::new_v4().simple()));
-        Some(Backend::Postgres { url, blobs: format!("file://{}", dir.display()) })
+        Backend::Postgres { url, blobs: format!("file://{}", dir.display()) }
     }
 
     pub fn apply(&self, env: &mut Vec<(String, String)>) {
@@ -290,20 +299,6 @@ impl Backend {
             set(env, "TERRACE_BLOB_URL", blobs);
         }
     }
-}
-
-/// Skips a Postgres test when no test Postgres is configured (plain `cargo test`).
-#[macro_export]
-macro_rules! postgres_or_skip {
-    () => {
-        match $crate::support::Backend::postgres().await {
-            Some(b) => b,
-            None => {
-                eprintln!("TERRACE_TEST_DATABASE_URL is unset: run through `cargo xtask test` for the Postgres tests");
-                return;
-            }
-        }
-    };
 }
 
 /// A TCP proxy to Postgres that a test can freeze: while frozen, bytes stop

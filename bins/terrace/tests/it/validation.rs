@@ -198,5 +198,5 @@ async fn bad_queries_paths_and_grants_are_4xx_in_memory() {
 
 #[tokio::test]
 async fn bad_queries_paths_and_grants_are_4xx_on_postgres() {
-    bad_queries_paths_and_grants(crate::postgres_or_skip!()).await;
+    bad_queries_paths_and_grants(crate::support::Backend::postgres().await).await;
 }
