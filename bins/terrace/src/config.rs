@@ -224,7 +224,11 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     let acquire_timeout = env.duration("TERRACE_DB_ACQUIRE_TIMEOUT", Duration::from_secs(5))?;
     let connect_timeout = env.duration("TERRACE_DB_CONNECT_TIMEOUT", Duration::from_secs(5))?;
     let statement_timeout = env.duration("TERRACE_DB_STATEMENT_TIMEOUT", Duration::from_secs(30))?;
-    let lock_wait = env.duration("TERRACE_DB_LOCK_WAIT", Duration::from_millis(250))?;
+    // `nowait` (or 0): the account lock is taken with NOWAIT, never waited for.
+    let lock = match env.raw("TERRACE_DB_LOCK_WAIT").map(str::trim) {
+        Some("nowait" | "0") => LockPolicy::NoWait,
+        _ => LockPolicy::Timeout(env.duration("TERRACE_DB_LOCK_WAIT", Duration::from_millis(250))?),
+    };
     let lease_ttl = env.duration("TERRACE_LEASE_TTL", Duration::from_secs(30))?;
     let heartbeat_interval = env.duration("TERRACE_HEARTBEAT_INTERVAL", lease_ttl / 3)?;
     if heartbeat_interval >= lease_ttl {
@@ -250,7 +254,7 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
             max_backoff: Duration::from_secs(8),
             max_retry_after: Duration::from_secs(30),
         },
-        lock: LockPolicy::Timeout(lock_wait),
+        lock,
         db: DbPolicy {
             pool_size,
             acquire_timeout,
@@ -354,5 +358,15 @@ mod tests {
             assert_eq!(load(&Env(&env(&pairs))).unwrap_err().var, var, "{pairs:?}");
         }
         assert_eq!(load(&Env(&env(&[("TERRACE_BIND", ":0")]))).unwrap().bind.port(), 0);
+        for nowait in ["nowait", "0"] {
+            let c = load(&Env(&env(&[("TERRACE_DB_LOCK_WAIT", nowait)]))).unwrap();
+            assert_eq!(c.policies.lock, LockPolicy::NoWait, "{nowait}");
+        }
+        let c = load(&Env(&env(&[("TERRACE_DB_LOCK_WAIT", "40ms")]))).unwrap();
+        assert_eq!(c.policies.lock, LockPolicy::Timeout(Duration::from_millis(40)));
+        assert_eq!(
+            load(&Env(&env(&[("TERRACE_DB_LOCK_WAIT", "later")]))).unwrap_err().var,
+            "TERRACE_DB_LOCK_WAIT"
+        );
     }
 }
