@@ -238,6 +238,7 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     let shutdown_grace = env.duration("TERRACE_SHUTDOWN_GRACE", Duration::from_secs(30))?;
     let blob_timeout = env.duration("TERRACE_BLOB_TIMEOUT", Duration::from_secs(30))?;
     let max_running = env.number("TERRACE_MAX_RUNNING", 32usize, (1, 10_000))?;
+    let sweep_batch = env.number("TERRACE_SWEEP_BATCH", 500usize, (1, 100_000))?;
     let area_concurrency = env.number("TERRACE_AREA_CONCURRENCY", 5usize, (1, 5))?;
     let max_attempts = env.number("TERRACE_RETRY_MAX_ATTEMPTS", 4u32, (1, 20))?;
 
@@ -263,7 +264,7 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
             lock_timeout: Duration::from_secs(5).min(statement_timeout),
             idle_in_transaction_timeout: Duration::from_secs(60),
         },
-        lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running },
+        lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running, sweep_batch },
         shutdown_grace,
         blob_timeout,
     };

@@ -110,6 +110,8 @@ pub struct LeasePolicy {
     pub sweep_interval: Duration,
     /// Most generations one instance runs at once.
     pub max_running: usize,
+    /// Most overdue generations one sweep ends (the rest wait for the next).
+    pub sweep_batch: usize,
 }
 
 /// A combination of policies that cannot work.
@@ -143,9 +145,14 @@ impl Policies {
         if self.retry.max_attempts == 0 {
             return Err(PolicyError("retry.max_attempts must be at least 1".into()));
         }
-        if self.area_concurrency == 0 || self.db.pool_size == 0 || self.lease.max_running == 0 {
+        if self.area_concurrency == 0
+            || self.db.pool_size == 0
+            || self.lease.max_running == 0
+            || self.lease.sweep_batch == 0
+        {
             return Err(PolicyError(
-                "area_concurrency, db.pool_size and lease.max_running must be at least 1".into(),
+                "area_concurrency, db.pool_size, lease.max_running and lease.sweep_batch must be at least 1"
+                    .into(),
             ));
         }
         if self.area_timeout > self.generation_timeout {

@@ -16,14 +16,11 @@ use tokio::time::{MissedTickBehavior, interval, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How many overdue generations one sweep ends at most.
-const SWEEP_BATCH: usize = 500;
-
 /// Ends overdue work once: every generation still `pending` or `processing`
 /// past its deadline whose lease (if any) has run out ends `failed`
 /// (`deadline_exceeded`), its holds voided.
-async fn sweep_once(store: &dyn GenerationStore, call_limit: Duration) {
-    match bounded(call_limit, "end_overdue", store.end_overdue(SWEEP_BATCH)).await {
+async fn sweep_once(store: &dyn GenerationStore, call_limit: Duration, batch: usize) {
+    match bounded(call_limit, "end_overdue", store.end_overdue(batch)).await {
         Ok(ended) if !ended.is_empty() => info!(count = ended.len(), "ended overdue generations"),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "sweep failed"),
@@ -47,13 +44,14 @@ impl Sweeper {
         let sweeper = Sweeper { supervisor: Supervisor::new(), stop: CancellationToken::new() };
         let (stop, every, limit) =
             (sweeper.stop.clone(), policies.lease.sweep_interval, policies.db.call_timeout());
+        let batch = policies.lease.sweep_batch;
         sweeper.supervisor.spawn_loop(async move {
             let mut tick = interval(every);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => sweep_once(&*store, limit).await,
+                    _ = tick.tick() => sweep_once(&*store, limit, batch).await,
                 }
             }
         });
@@ -195,7 +193,7 @@ impl Engine {
     }
 
     async fn sweep(&self) {
-        sweep_once(&*self.inner.ports.store, self.call_limit()).await;
+        sweep_once(&*self.inner.ports.store, self.call_limit(), self.inner.policies.lease.sweep_batch).await;
     }
 
     async fn claim_loop(self) {

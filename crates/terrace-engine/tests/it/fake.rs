@@ -51,6 +51,7 @@ pub fn policies() -> Policies {
             heartbeat_interval: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(5),
             max_running: 100,
+            sweep_batch: 500,
         },
         shutdown_grace: Duration::from_secs(30),
         blob_timeout: Duration::from_secs(10),

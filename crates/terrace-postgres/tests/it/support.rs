@@ -67,6 +67,7 @@ pub fn policies() -> Policies {
             heartbeat_interval: Duration::from_millis(500),
             sweep_interval: Duration::from_millis(500),
             max_running: 10,
+            sweep_batch: 500,
         },
         shutdown_grace: Duration::from_secs(2),
         blob_timeout: Duration::from_secs(2),
