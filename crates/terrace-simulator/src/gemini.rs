@@ -2,6 +2,7 @@
 //! bodies and event shapes, and the stream faults.
 
 use crate::body::{SimBody, Step};
+use crate::png::{self, Design};
 use crate::server::{Closed, KeyCheck, pause, response};
 use crate::{Behaviour, RequestEnd, RequestGuard};
 use bytes::Bytes;
@@ -11,8 +12,9 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The largest request body accepted (Google's inline data limit is 20 MB).
@@ -27,9 +29,8 @@ const SSE: &str = "text/event-stream";
 #[derive(Debug)]
 pub(crate) struct Events {
     pub text: Bytes,
-    pub image: Bytes,
-    /// The image event's JSON, unframed (padded by `TrickleImage`).
-    pub image_json: String,
+    /// The plain picture's event, for prompts that name no design.
+    pub image: Arc<ImageEvent>,
     pub text_only_stop: Bytes,
     pub drip: Bytes,
     pub separator: &'static str,
@@ -56,17 +57,11 @@ impl Events {
     pub(crate) fn new(image_b64: &str, crlf: bool) -> Self {
         let separator = if crlf { "\r\n\r\n" } else { "\n\n" };
         let text = candidate_event(json!([{"text": "Here is the redesigned landscape."}]), None);
-        let image = candidate_event(
-            json!([{"inlineData": {"mimeType": "image/png", "data": image_b64}}]),
-            Some("STOP"),
-        );
         let stop = candidate_event(json!([{"text": "I could not draw this one."}]), Some("STOP"));
         let drip = candidate_event(json!([{"text": "."}]), None);
-        let image_json = image.to_string();
         Self {
             text: frame(&text.to_string(), separator),
-            image: frame(&image_json, separator),
-            image_json,
+            image: Arc::new(ImageEvent::new(image_b64, separator)),
             text_only_stop: frame(&stop.to_string(), separator),
             drip: frame(&drip.to_string(), separator),
             separator,
@@ -76,18 +71,59 @@ impl Events {
     fn frame(&self, value: &Value) -> Bytes {
         frame(&value.to_string(), self.separator)
     }
+}
 
-    /// The image event padded with JSON whitespace to about `size` bytes.
-    fn padded_image(&self, size: usize) -> Bytes {
-        let json = self.image_json.as_bytes();
-        let pad = size.saturating_sub(json.len() + 6 + self.separator.len());
+/// The event that carries one image, framed, and its JSON.
+#[derive(Debug)]
+pub(crate) struct ImageEvent {
+    pub framed: Bytes,
+    /// Unframed (padded by `TrickleImage`).
+    pub json: String,
+}
+
+impl ImageEvent {
+    fn new(image_b64: &str, separator: &str) -> Self {
+        let image = candidate_event(
+            json!([{"inlineData": {"mimeType": "image/png", "data": image_b64}}]),
+            Some("STOP"),
+        );
+        let json = image.to_string();
+        Self { framed: frame(&json, separator), json }
+    }
+
+    /// The event padded with JSON whitespace to about `size` bytes.
+    fn padded(&self, size: usize, separator: &str) -> Bytes {
+        let json = self.json.as_bytes();
+        let pad = size.saturating_sub(json.len() + 6 + separator.len());
         let mut out = bytes::BytesMut::with_capacity(json.len() + pad + 16);
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&json[..json.len() - 1]);
         out.resize(out.len() + pad, b' ');
         out.extend_from_slice(b"}");
-        out.extend_from_slice(self.separator.as_bytes());
+        out.extend_from_slice(separator.as_bytes());
         out.freeze()
+    }
+}
+
+/// The image events of the designs asked for so far, each built once: the
+/// area and style of the prompt pick the picture (at most 6 × 7 of them).
+#[derive(Debug, Default)]
+pub(crate) struct Designs(Mutex<HashMap<Design, Arc<ImageEvent>>>);
+
+impl Designs {
+    /// The event for `prompt`'s design, or the plain picture's when the
+    /// prompt names neither an area nor a style.
+    pub(crate) fn event(&self, prompt: &str, events: &Events) -> Arc<ImageEvent> {
+        let design = Design::from_prompt(prompt);
+        if design.is_unnamed() {
+            return events.image.clone();
+        }
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let event = known.entry(design).or_insert_with(|| {
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png::design(design));
+            Arc::new(ImageEvent::new(&b64, events.separator))
+        });
+        Arc::clone(event)
     }
 }
 
@@ -271,10 +307,14 @@ pub(crate) async fn answer(
     // Not held through the latency and the answer: under load, thousands of
     // multi-megabyte bodies would be.
     drop(body);
-    match parsed {
-        Ok((prompt, inline)) => guard.set_request_body(prompt, inline),
+    let image = match parsed {
+        Ok((prompt, inline)) => {
+            let image = state.canned.designs.event(&prompt, &state.canned.events);
+            guard.set_request_body(prompt, inline);
+            image
+        }
         Err(msg) => return Ok(error_response(400, &msg, None, guard)),
-    }
+    };
     if !query.iter().any(|(k, v)| k == "alt" && v == "sse") {
         return Ok(error_response(400, "The simulator only streams with alt=sse.", None, guard));
     }
@@ -321,14 +361,14 @@ pub(crate) async fn answer(
         }
         Behaviour::TrickleImage { size, chunk, every } => {
             let mut steps = vec![Step::Send(events.text.clone())];
-            steps.extend(SimBody::chunked_steps(events.padded_image(size), chunk, every));
+            steps.extend(SimBody::chunked_steps(image.padded(size, events.separator), chunk, every));
             steps
         }
         Behaviour::Ok
         | Behaviour::Latency { .. }
         | Behaviour::MapsStatus { .. }
         | Behaviour::ConnectionReset => {
-            vec![Step::Send(events.text.clone()), Step::Send(events.image.clone())]
+            vec![Step::Send(events.text.clone()), Step::Send(image.framed.clone())]
         }
     };
     Ok(response(StatusCode::OK, SSE, SimBody::new(steps, guard)))
@@ -348,7 +388,7 @@ mod tests {
     #[test]
     fn padded_image_events_stay_valid_json() {
         let events = Events::new("aGVsbG8=", true);
-        let padded = events.padded_image(10_000);
+        let padded = events.image.padded(10_000, events.separator);
         assert!((10_000..10_010).contains(&padded.len()));
         let text = std::str::from_utf8(&padded).expect("utf8");
         let json = text.strip_prefix("data: ").and_then(|t| t.strip_suffix("\r\n\r\n")).expect("framed");

@@ -205,6 +205,8 @@ impl Scripts {
 pub(crate) struct Canned {
     pub image: bytes::Bytes,
     pub events: gemini::Events,
+    /// One design per area and style the prompts asked for.
+    pub designs: gemini::Designs,
 }
 
 impl std::fmt::Debug for Canned {
@@ -241,7 +243,7 @@ impl State {
         Self {
             maps_key: config.maps_key.clone(),
             gemini_key: config.gemini_key.clone(),
-            canned: Canned { image, events },
+            canned: Canned { image, events, designs: Default::default() },
             cancel,
             scripts: Mutex::new(Scripts::new()),
             latency_ms: AtomicU64::new(0),

@@ -2,6 +2,7 @@
 //! wire format, its control endpoint, its bounds and its records.
 
 mod control;
+mod designs;
 mod lifecycle;
 mod wire;
 
