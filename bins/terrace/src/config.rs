@@ -94,6 +94,8 @@ pub struct Config {
     pub event_keepalive: Duration,
     pub worker_id: Option<String>,
     pub log_format: LogFormat,
+    /// Where the web app's "Sign in" link goes (`TERRACE_SUPABASE_URL`).
+    pub supabase_url: Option<String>,
 }
 
 impl Config {
@@ -283,6 +285,8 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         "json" => LogFormat::Json,
         other => return Err(err("TERRACE_LOG_FORMAT", format!("{other:?} must be text or json"))),
     };
+    let supabase_url =
+        env.raw("TERRACE_SUPABASE_URL").map(|u| parse_url("TERRACE_SUPABASE_URL", u.trim())).transpose()?;
     Ok(Config {
         bind,
         role,
@@ -305,6 +309,7 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         event_keepalive,
         worker_id,
         log_format,
+        supabase_url,
     })
 }
 
@@ -355,6 +360,7 @@ mod tests {
                 "TERRACE_JWT_SECRET",
             ),
             (vec![("TERRACE_AREA_TIMEOUT", "10m")], "TERRACE_AREA_TIMEOUT"),
+            (vec![("TERRACE_SUPABASE_URL", "abcd.supabase.co")], "TERRACE_SUPABASE_URL"),
         ] {
             assert_eq!(load(&Env(&env(&pairs))).unwrap_err().var, var, "{pairs:?}");
         }

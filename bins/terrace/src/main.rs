@@ -348,6 +348,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     api_cfg.max_requests_per_user = cfg.max_requests_per_user;
     api_cfg.max_streams_per_user = cfg.max_streams_per_user;
     api_cfg.keepalive_interval = cfg.event_keepalive;
+    // Dev mode (no secret): one demo token, printed below and given to the web app.
+    let demo = cfg.jwt_secret.is_none().then(|| {
+        let user = UserId::new_random();
+        (user, jwt.mint(user, false, Duration::from_secs(24 * 3600)))
+    });
+    api_cfg.web = terrace_api::WebConfig {
+        dev_mode: demo.is_some(),
+        demo_token: demo.as_ref().map(|(_, token)| token.clone()),
+        supabase_url: cfg.supabase_url.clone(),
+    };
     let api = Api::new(
         Deps {
             store: store.generations(),
@@ -364,13 +374,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
 
     info!(role = cfg.role.as_str(), "listening on {addr}");
-    if cfg.jwt_secret.is_none() {
-        let demo = UserId::new_random();
-        let token = jwt.mint(demo, false, Duration::from_secs(24 * 3600));
+    if let Some((demo, token)) = &demo {
         let host =
             if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
         println!(
-            "\nTERRACE_JWT_SECRET is unset: made a random one for this run. A demo token for user {demo}, valid 24h:\n\n  {token}\n\nTry the terminal front end:\n\n  export TERRACE_URL=http://{host} TERRACE_TOKEN={token}\n  terrace generate --address '1600 Amphitheatre Parkway, Mountain View, CA' --area front_yard:japanese_zen --area backyard:mediterranean\n\nor curl:\n\n  curl -s -X POST http://{host}/v1/generations -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"address\":\"1600 Amphitheatre Parkway, Mountain View, CA\",\"areas\":[{{\"area\":\"front_yard\",\"style\":\"japanese_zen\"}}]}}'\n"
+            "\nTERRACE_JWT_SECRET is unset: made a random one for this run. A demo token for user {demo}, valid 24h:\n\n  {token}\n\nOpen the web app, signed in as this user: http://{host}/\n\nTry the terminal front end:\n\n  export TERRACE_URL=http://{host} TERRACE_TOKEN={token}\n  terrace generate --address '1600 Amphitheatre Parkway, Mountain View, CA' --area front_yard:japanese_zen --area backyard:mediterranean\n\nor curl:\n\n  curl -s -X POST http://{host}/v1/generations -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"address\":\"1600 Amphitheatre Parkway, Mountain View, CA\",\"areas\":[{{\"area\":\"front_yard\",\"style\":\"japanese_zen\"}}]}}'\n"
         );
     }
 

@@ -28,6 +28,7 @@ pub use edge::REQUEST_ID_HEADER;
 pub use metrics::{GENERATION_BUCKETS, Metrics, UPSTREAM_BUCKETS};
 pub use problem::{FieldError, Problem};
 pub use server::{Drained, ServeOptions, serve};
+pub use terrace_web::WebConfig;
 pub use views::TaskView;
 
 use axum::Router;
@@ -100,6 +101,8 @@ pub struct ApiConfig {
     /// timeout plus this (CONTRACT §5: one minute).
     pub event_stream_slack: Duration,
     pub billing: BillingConfig,
+    /// What the web app at `/` must know (served where [`Routes::All`]).
+    pub web: WebConfig,
 }
 
 /// What the billing routes need besides Stripe itself.
@@ -137,6 +140,7 @@ impl ApiConfig {
             event_poll_interval: Duration::from_secs(5),
             event_stream_slack: Duration::from_secs(60),
             billing: BillingConfig { monthly_pro_price: None, public_url: "http://127.0.0.1:8000".into() },
+            web: WebConfig::default(),
         }
     }
 }
@@ -273,6 +277,7 @@ impl Api {
                 .route("/v1/generations/{id}/events", get(routes::events))
                 .route_layer(axum::middleware::from_fn_with_state(s.clone(), edge::stream_limits));
             app = app.merge(timed).merge(streams).merge(webhooks);
+            app = app.merge(terrace_web::router(&s.0.cfg.web));
         }
         app.fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)

@@ -159,6 +159,7 @@ async fn every_documented_route_answers_as_documented() {
         probe("get", "/livez", "/livez", Auth::None, 200),
         probe("get", "/readyz", "/readyz", Auth::None, 200),
         probe("get", "/metrics", "/metrics", Auth::None, 200),
+        probe("get", "/app/config.json", "/app/config.json", Auth::None, 200),
         probe("get", "/v1/account", "/v1/account", Auth::User, 200),
         probe("get", "/v1/account", "/v1/account", Auth::None, 401),
         probe("get", "/v1/account/transactions", "/v1/account/transactions?limit=5", Auth::User, 200),
