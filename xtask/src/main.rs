@@ -16,11 +16,15 @@
 //!   HAProxy (`deploy/haproxy.cfg`), traffic through it while each instance in
 //!   turn is restarted with SIGTERM; passes only if no request failed, every
 //!   event stream ended cleanly, and every generation and hold resolved.
+//! - `e2e`: the web app in headless Chromium over WebDriver (chromedriver),
+//!   against `terrace` in dev mode: every step with a bound, a keyboard-only
+//!   path, phone and desktop widths; screenshots in `target/e2e/`.
 //! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
 //!   its URL (for running single tests by hand).
 
 mod chaos;
 mod cluster;
+mod e2e;
 mod lb;
 mod loadtest;
 mod postgres;
@@ -60,6 +64,7 @@ fn run() -> Result<()> {
         "loadtest" => loadtest::run(&rest),
         "chaos" => chaos::run(&rest),
         "lb" => lb::run(&rest),
+        "e2e" => e2e::run(&rest),
         "postgres" => {
             let pg = postgres::TestPostgres::start()?;
             println!("TERRACE_TEST_DATABASE_URL={}", pg.url());
@@ -68,7 +73,7 @@ fn run() -> Result<()> {
             std::io::stdin().read_line(&mut line)?;
             Ok(())
         }
-        _ => bail!("usage: cargo xtask <test|ci|loadtest|chaos|lb|postgres> [ARGS…]"),
+        _ => bail!("usage: cargo xtask <test|ci|loadtest|chaos|lb|e2e|postgres> [ARGS…]"),
     }
 }
 
