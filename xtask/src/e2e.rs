@@ -776,17 +776,24 @@ async fn billing(b: &mut Browser, http: &reqwest::Client, app: &str, token: &str
         return Ok(());
     }
     b.shot("checkout-1280", "Stripe Checkout (the simulator's, in dev mode)").await?;
-    // The Checkout page is not ours: pay with its first submit button.
-    let paid = b
-        .js(
-            "const p = document.querySelector('button[type=submit], input[type=submit], form button'); \
-             if (!p) return false; p.click(); return true",
-            json!([]),
-        )
-        .await?;
-    if paid != json!(true) {
-        println!("e2e: SKIPPED completing Checkout: its page has no pay button this test knows");
-        return Ok(());
+    // The Checkout page is not ours: its Pay button (the simulator's is
+    // `button.pay`), with the keyboard when it can be reached, else any
+    // submit button.
+    let pay = b.js("return Boolean(document.querySelector('button.pay'))", json!([])).await?;
+    if pay == json!(true) && b.tab_to("button.pay", 10).await.is_ok() {
+        b.keys(&[ENTER]).await?;
+    } else {
+        let paid = b
+            .js(
+                "const p = document.querySelector('button[type=submit], input[type=submit]'); \
+                 if (!p) return false; p.click(); return true",
+                json!([]),
+            )
+            .await?;
+        if paid != json!(true) {
+            println!("e2e: SKIPPED completing Checkout: its page has no pay button this test knows");
+            return Ok(());
+        }
     }
     b.wait("the return to /billing/success", secs(30), "return location.pathname === '/billing/success'")
         .await?;
@@ -805,6 +812,71 @@ async fn billing(b: &mut Browser, http: &reqwest::Client, app: &str, token: &str
     .await?;
     b.shot("billing-success-1280", "back from Checkout: the balance grew by the package's credits").await?;
     println!("e2e: bought package_10: tokens {before} → {}", account_tokens(http, app, token).await?);
+    subscription(b, http, app, token).await
+}
+
+/// Subscribe through Checkout, cancel at the period's end, open the portal:
+/// with the keyboard, when the server offers a plan.
+async fn subscription(b: &mut Browser, http: &reqwest::Client, app: &str, token: &str) -> Result<()> {
+    b.tab_to("a[href='/app/account']", 10).await?;
+    b.keys(&[ENTER]).await?;
+    b.wait("the billing section", secs(10), "return document.querySelector('#subscription-status')").await?;
+    if b.js("return Boolean(document.querySelector('button[data-plan]'))", json!([])).await? != json!(true) {
+        println!("e2e: SKIPPED subscribing: the server offers no plan");
+        return Ok(());
+    }
+    b.tab_to("button[data-plan]", 20).await?;
+    b.keys(&[ENTER]).await?;
+    let left = format!("return !location.href.startsWith('{app}/') && document.querySelector('button.pay')");
+    b.wait("Checkout for the plan", secs(20), &left).await?;
+    b.tab_to("button.pay", 10).await?;
+    b.keys(&[ENTER]).await?;
+    b.wait("the return to /billing/success", secs(30), "return location.pathname === '/billing/success'")
+        .await?;
+    let start = Instant::now();
+    loop {
+        let v = http
+            .get(format!("{app}/v1/billing/subscription"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json_value()
+            .await?;
+        if v["status"] == "active" {
+            break;
+        }
+        if start.elapsed() > secs(30) {
+            bail!("the subscription did not become active within 30 s of paying: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.tab_to("a[href='/app/account']", 10).await?;
+    b.keys(&[ENTER]).await?;
+    b.wait(
+        "the active subscription",
+        secs(10),
+        "return document.querySelector('#subscription-status')?.textContent.startsWith('Active')",
+    )
+    .await?;
+    b.shot("subscribed-1280", "subscribed through Checkout: the subscription is active").await?;
+    b.tab_to(".subscription button.secondary", 20).await?; // "Cancel the subscription"
+    b.keys(&[ENTER]).await?;
+    b.wait("the confirmation", secs(5), "return document.activeElement.textContent === 'Keep it'").await?;
+    b.shift_tab().await?;
+    b.keys(&[ENTER]).await?; // "Yes, cancel it"
+    b.wait(
+        "the cancellation at the period's end",
+        secs(15),
+        "return document.querySelector('#subscription-status')?.textContent.includes('ends on')",
+    )
+    .await?;
+    b.shot("subscription-ending-1280", "the subscription cancelled at the end of its period").await?;
+    b.tab_to(".billing .actions button", 20).await?; // "Manage billing and invoices"
+    b.keys(&[ENTER]).await?;
+    let portal = format!("return !location.href.startsWith('{app}/') && document.readyState === 'complete'");
+    b.wait("the billing portal", secs(20), &portal).await?;
+    b.shot("portal-1280", "the billing portal (the simulator's, in dev mode)").await?;
+    println!("e2e: subscribed, cancelled at the period's end, opened the portal");
     Ok(())
 }
 

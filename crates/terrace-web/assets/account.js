@@ -8,6 +8,8 @@ import { announce, delay, h, heading, newKey, text } from './dom.js';
 
 const KINDS = { credit: 'Added', hold: 'Held for a design', capture: 'Spent', void: 'Returned' };
 const SOURCES = { trial: 'trial credits', token: 'bought credits', subscription: 'subscription' };
+const PLANS = { monthly_pro: 'Monthly Pro' };
+const planName = (id) => PLANS[id] ?? id.replace(/_/g, ' ');
 const SUB_STATUS = { none: 'No subscription', active: 'Active', past_due: 'Payment overdue', cancelled: 'Cancelled' };
 
 // Leaves for a Stripe page, but only for an http(s) address.
@@ -109,7 +111,7 @@ function billing(ctx, signal, onChange) {
     const nodes = [h('h3', null, 'Subscription')];
     const active = s.status === 'active' || s.status === 'past_due';
     nodes.push(h('p', { id: 'subscription-status' }, `${SUB_STATUS[s.status] ?? s.status}` +
-      (s.plan ? ` (${s.plan.replace(/_/g, ' ')})` : '') +
+      (s.plan ? ` (${planName(s.plan)})` : '') +
       (active && s.current_period_end ? `${s.cancel_at_period_end ? ', ends' : ', renews'} on ${when(s.current_period_end)}` : '') + '.'));
     if (active && !s.cancel_at_period_end) {
       const cancel = h('button', { type: 'button', class: 'secondary' }, 'Cancel the subscription');
@@ -133,10 +135,12 @@ function billing(ctx, signal, onChange) {
         onChange();
       }));
       nodes.push(cancel, confirm);
+    } else if (active) {
+      nodes.push(h('p', { class: 'hint' }, 'It stays active until then. To keep it going, use “Manage billing and invoices”.'));
     } else {
       for (const p of plans) {
-        const b = h('button', { type: 'button', class: 'primary' },
-          `Subscribe: ${p.id.replace(/_/g, ' ')}, ${money(p.price_cents, p.currency)} a ${p.interval}, unlimited designs`);
+        const b = h('button', { type: 'button', class: 'primary', 'data-plan': p.id },
+          `Subscribe to ${planName(p.id)}: ${money(p.price_cents, p.currency)} a ${p.interval}, unlimited designs`);
         b.addEventListener('click', () => act(b, async () => {
           const r = await postJson('/v1/billing/subscription', { plan_id: p.id }, { signal, key: newKey() });
           leaveFor(r.checkout_url);
