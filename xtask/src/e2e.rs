@@ -472,6 +472,7 @@ async fn steps(b: &mut Browser, http: &reqwest::Client, app: &str, sim_url: &str
         bail!("not signed in as the demo user: {signed}");
     }
     page_weight(b).await?;
+    stream_module(b).await?;
     b.shot(
         "signed-in-1280",
         "dev mode: signed in as the demo user at once; the create form with its cost and balance",
@@ -713,6 +714,44 @@ async fn steps(b: &mut Browser, http: &reqwest::Client, app: &str, sim_url: &str
 
     // 7. Buying a package, when this server can take payments.
     billing(b, http, app, &token).await
+}
+
+/// The page's event-stream module in this browser: events split at awkward
+/// places parse whole, and a stream that keeps ending without an event is
+/// opened again a bounded number of times, then given up.
+async fn stream_module(b: &Browser) -> Result<()> {
+    let script = r#"
+        const done = arguments[arguments.length - 1];
+        const src = document.querySelector('script[type=module]').src.replace(/app\.js$/, 'sse.js');
+        import(src).then(async ({ parseEvents, follow, MAX_ATTEMPTS }) => {
+          const chunks = ['event: generation\r', '\ndata: {"a":', '1}\r\n\r\n: keepalive\n\n', 'data: x\ndata: y\n\n'];
+          const enc = new TextEncoder();
+          const body = new ReadableStream({ start(c) { chunks.forEach((t) => c.enqueue(enc.encode(t))); c.close(); } });
+          const events = [];
+          for await (const ev of parseEvents(body)) events.push(ev);
+          const states = [];
+          const end = await follow('/livez', {
+            signal: new AbortController().signal, onEvent() {}, onStatus: (s) => states.push(s.state),
+            isDone: () => false, firstBackoffMs: 5,
+          });
+          done({ events, end, max: MAX_ATTEMPTS,
+                 opened: states.filter((s) => s === 'connecting').length,
+                 waited: states.filter((s) => s === 'waiting').length });
+        }).catch((e) => done({ error: String(e) }));
+    "#;
+    let v = b.post("/execute/async", json!({"script": script, "args": []})).await?;
+    let want_events =
+        json!([{"event": "generation", "data": "{\"a\":1}"}, {"event": "message", "data": "x\ny"}]);
+    let max = v["max"].as_u64().unwrap_or(0);
+    if v["events"] != want_events
+        || v["end"] != "gave_up"
+        || v["opened"] != json!(max + 1)
+        || v["waited"] != json!(max)
+    {
+        bail!("the event-stream module misbehaved: {v}");
+    }
+    println!("e2e: a stream that keeps dropping is opened {} times, then given up", max + 1);
+    Ok(())
 }
 
 async fn page_weight(b: &Browser) -> Result<()> {

@@ -58,7 +58,8 @@ export async function* parseEvents(body, onBytes) {
 // onEvent({event, data}); onStatus({state, attempt, ms}) with state one of
 // 'connecting', 'live', 'waiting', 'gave_up', 'done', 'gone'.
 // Resolves to the final state ('done', 'gave_up', 'gone', 'unauthorized', 'aborted').
-export async function follow(path, { signal, onEvent, onStatus, isDone }) {
+// `firstBackoffMs` shortens the waits (the browser test uses it).
+export async function follow(path, { signal, onEvent, onStatus, isDone, firstBackoffMs = FIRST_BACKOFF_MS }) {
   let failures = 0;
   while (!signal.aborted) {
     onStatus({ state: 'connecting', attempt: failures });
@@ -120,7 +121,7 @@ export async function follow(path, { signal, onEvent, onStatus, isDone }) {
       onStatus({ state: 'gave_up', attempt: failures - 1 });
       return 'gave_up';
     }
-    const backoff = Math.min(FIRST_BACKOFF_MS * 2 ** (failures - 1), MAX_BACKOFF_MS);
+    const backoff = Math.min(firstBackoffMs * 2 ** (failures - 1), MAX_BACKOFF_MS);
     const ms = wait ?? Math.round(backoff / 2 + (Math.random() * backoff) / 2);
     onStatus({ state: 'waiting', attempt: failures, ms });
     try {
