@@ -29,6 +29,8 @@ const OUT: &str = "target/e2e";
 const WIDE: u32 = 1280;
 const NARROW: u32 = 375;
 const ADDRESS: &str = "1600 Amphitheatre Parkway, Mountain View, CA";
+/// Where the page's Sign in link goes; never visited.
+const SUPABASE: &str = "https://project.supabase.invalid/auth/v1/authorize?provider=github";
 
 const TAB: &str = "\u{E004}";
 const ENTER: &str = "\u{E007}";
@@ -82,7 +84,7 @@ fn start_terrace() -> Result<(Proc, String, String)> {
         .env_remove("GEMINI_API_KEY")
         .env_remove("STRIPE_SECRET_KEY")
         .env_remove("STRIPE_WEBHOOK_SECRET")
-        .env_remove("TERRACE_SUPABASE_URL")
+        .env("TERRACE_SUPABASE_URL", SUPABASE)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -629,11 +631,13 @@ async fn steps(b: &mut Browser, http: &reqwest::Client, app: &str, sim_url: &str
     .await?;
     b.shot("validation-375", "the API's validation message beside the address, focus moved there").await?;
 
-    // Enough history for two pages.
     let token = http.get(format!("{app}/app/config.json")).send().await?.json_value().await?["demo_token"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    sign_in_and_out(b, app, &token).await?;
+
+    // Enough history for two pages.
     for i in 0..9 {
         let body = json!({"address": format!("{} Elm Street, Springfield", 10 + i),
                           "areas": [{"area": "patio", "style": "tropical_resort"}]});
@@ -714,6 +718,94 @@ async fn steps(b: &mut Browser, http: &reqwest::Client, app: &str, sim_url: &str
 
     // 7. Buying a package, when this server can take payments.
     billing(b, http, app, &token).await
+}
+
+/// An unsigned JWT whose `exp` is `exp`: the page reads it, the API refuses it.
+fn fake_token(exp: i64) -> String {
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let payload = json!({"sub": "00000000-0000-4000-8000-000000000000", "exp": exp, "aud": "authenticated"});
+    format!("{}.{}.c2lnbmF0dXJl", b64(json!({"alg": "HS256", "typ": "JWT"})), b64(payload))
+}
+
+/// Signing out; the Sign in link; a Supabase redirect's `#access_token=…`
+/// taken and cleared from the address; a token the API refuses (401) and an
+/// expired one, each ending in the sign-in view; then the demo user again.
+async fn sign_in_and_out(b: &mut Browser, app: &str, demo: &str) -> Result<()> {
+    b.click("#session button").await?;
+    b.wait(
+        "the sign-in view",
+        secs(10),
+        "return document.querySelector('h1')?.textContent === 'Sign in to Terrace'",
+    )
+    .await?;
+    let href = b
+        .js(
+            "return [...document.querySelectorAll('a.button')].find(a => a.textContent === 'Sign in')?.href",
+            json!([]),
+        )
+        .await?;
+    let redirect = format!("redirect_to={}", form_encode(&format!("{app}/")));
+    if !href.as_str().is_some_and(|h| h.starts_with(SUPABASE) && h.contains(&redirect)) {
+        bail!("the Sign in link is {href}, not {SUPABASE} with {redirect}");
+    }
+    b.shot(
+        "signed-out-375",
+        "signed out: the Sign in link (TERRACE_SUPABASE_URL), the demo user, a pasted token",
+    )
+    .await?;
+
+    b.goto(&format!("/app/history#access_token={demo}&expires_in=3600&token_type=bearer&type=magiclink"))
+        .await?;
+    b.wait(
+        "the token from the fragment",
+        secs(10),
+        "return location.hash === '' && location.pathname === '/app/history' && \
+         sessionStorage.getItem('terrace.token') && document.querySelector('#session')?.textContent.includes('Signed in') && \
+         document.querySelectorAll('.history-item').length > 0",
+    )
+    .await?;
+    println!(
+        "e2e: a redirect's #access_token signs in, is kept in sessionStorage and cleared from the address"
+    );
+
+    let refused = fake_token(chrono::Utc::now().timestamp() + 3600);
+    b.goto(&format!("/#access_token={refused}")).await?;
+    b.wait(
+        "the sign-out after a 401",
+        secs(10),
+        "return document.querySelector('[role=alert]')?.textContent.includes('session has ended') && \
+         !sessionStorage.getItem('terrace.token')",
+    )
+    .await?;
+    let expired = fake_token(chrono::Utc::now().timestamp() - 60);
+    b.goto(&format!("/#access_token={expired}")).await?;
+    b.wait(
+        "the expired token's message",
+        secs(10),
+        "return document.querySelector('[role=alert]')?.textContent.includes('expired')",
+    )
+    .await?;
+    b.shot("expired-375", "an expired access token: the sign-in view says so").await?;
+    println!("e2e: a token the API refuses (401) and an expired token each end in the sign-in view");
+
+    b.click("main button.primary").await?; // Continue as the demo user
+    b.wait(
+        "the demo user again",
+        secs(10),
+        "return document.querySelector('#session')?.textContent.includes('demo user')",
+    )
+    .await?;
+    Ok(())
+}
+
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => (c as char).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
 }
 
 /// The page's event-stream module in this browser: events split at awkward

@@ -2,7 +2,9 @@
 // view a context. A view returns {dispose}; leaving it (another route, Back,
 // closing the tab) disposes it, which aborts whatever it was following.
 
-import { loadConfig, onSessionChange, session, signIn, signInAsDemo, signInUrl, signOut, start } from './auth.js';
+import {
+  fromFragment, loadConfig, onSessionChange, session, signIn, signInAsDemo, signInUrl, signOut, start,
+} from './auth.js';
 import { h, heading, text } from './dom.js';
 import { accountView, billingReturnView } from './account.js';
 import { createView } from './create.js';
@@ -137,6 +139,9 @@ addEventListener('pagehide', () => {
   current?.dispose();
   current = null;
 });
+// A sign-in redirect that lands on this very page changes only the
+// fragment; signing in or out re-renders through onSessionChange.
+addEventListener('hashchange', fromFragment);
 addEventListener('pageshow', (e) => {
   if (e.persisted) render();
 });

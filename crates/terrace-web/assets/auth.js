@@ -85,20 +85,30 @@ export async function loadConfig() {
   return session.config;
 }
 
-// The first sign-in of a page load.
-export function start() {
+// Signs in with the address's #access_token=…, if it has one (or takes
+// the #error=… of a failed sign-in). Returns whether there was either.
+export function fromFragment() {
   const frag = takeFragment();
-  if (frag.error) session.reason = `Sign-in failed: ${frag.error}`;
   if (frag.token) {
     const why = signIn(frag.token);
-    if (!why) return;
-    session.reason = why;
+    if (why) signOut(why);
+  } else if (frag.error) {
+    signOut(`Sign-in failed: ${frag.error}`);
   }
+  return Boolean(frag.token || frag.error);
+}
+
+// The first sign-in of a page load.
+export function start() {
+  const tried = fromFragment();
+  if (session.token) return;
   const stored = sessionStorage.getItem(TOKEN);
   if (stored && !signIn(stored)) return;
   if (stored) sessionStorage.removeItem(TOKEN);
+  // The demo user, unless the person just tried another way in (then the
+  // page says why that failed) or signed out of it.
   const { dev_mode, demo_token } = session.config;
-  if (dev_mode && demo_token && !sessionStorage.getItem(SIGNED_OUT)) signIn(demo_token, { demo: true });
+  if (dev_mode && demo_token && !tried && !sessionStorage.getItem(SIGNED_OUT)) signIn(demo_token, { demo: true });
 }
 
 // Dev mode: ask the server for the demo token again (it changes when the
