@@ -74,6 +74,18 @@ impl Failure {
         Self { code, message: message.into() }
     }
 
+    /// A generation's deadline passed: what the runner and the sweep end its
+    /// unfinished areas with.
+    pub fn generation_deadline() -> Self {
+        Self::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed")
+    }
+
+    /// The user cancelled: what a cancel ends unfinished areas with, and a
+    /// cancelled generation's error.
+    pub fn cancelled() -> Self {
+        Self::new(ErrorCode::Cancelled, "cancelled by the user")
+    }
+
     /// The failure an error becomes.
     pub fn from_error<E: Classify + std::fmt::Display + ?Sized>(e: &E) -> Self {
         Self::new(e.code(), e.to_string())

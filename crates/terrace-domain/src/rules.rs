@@ -62,16 +62,6 @@ pub fn stuck(
     !status.is_terminal() && deadline_at + delta(ttl) < now
 }
 
-/// The failure the sweep ends overdue work with.
-pub fn deadline_failure() -> Failure {
-    Failure::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed")
-}
-
-/// The failure a user's cancel ends unfinished areas with.
-pub fn cancel_failure() -> Failure {
-    Failure::new(ErrorCode::Cancelled, "cancelled by the user")
-}
-
 /// Checks a worker's write against the generation it fences: `Finished` if
 /// the generation is terminal, `LeaseLost` unless the lease (attempt and
 /// owner) is still the one in force.

@@ -7,7 +7,7 @@
 //! status follows from its areas ([`GenerationStatus::settle`]).
 
 use crate::credits::{CreditSource, HoldState};
-use crate::error::{ErrorCode, Failure};
+use crate::error::Failure;
 use crate::geo::LatLng;
 use crate::input::{Address, AreaKind, AreaRequest, GenerationId, RequestId, UserId};
 use chrono::{DateTime, Utc};
@@ -346,7 +346,7 @@ impl Generation {
         self.completed_at = Some(now);
         self.error = match status {
             GenerationStatus::Failed => self.areas.iter().find_map(|a| a.error.clone()),
-            GenerationStatus::Cancelled => Some(Failure::new(ErrorCode::Cancelled, "cancelled by the user")),
+            GenerationStatus::Cancelled => Some(Failure::cancelled()),
             _ => None,
         };
         true
@@ -356,6 +356,7 @@ impl Generation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
     use AreaStatus::*;
 
     #[test]

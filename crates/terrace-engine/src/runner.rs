@@ -95,14 +95,9 @@ pub async fn run_generation(
             }
             Ok(Err(_elapsed)) => {
                 warn!(elapsed_ms = started.elapsed().as_millis() as u64, "generation deadline passed");
-                (
-                    AreaStatus::Failed,
-                    Failure::new(ErrorCode::DeadlineExceeded, "the generation's deadline passed"),
-                )
+                (AreaStatus::Failed, Failure::generation_deadline())
             }
-            Err(StopReason::User) => {
-                (AreaStatus::Cancelled, Failure::new(ErrorCode::Cancelled, "cancelled by the user"))
-            }
+            Err(StopReason::User) => (AreaStatus::Cancelled, Failure::cancelled()),
             Err(StopReason::Shutdown) => return run.hand_back().await,
         };
         run.finish(&generation, status, failure).await

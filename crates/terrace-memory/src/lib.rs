@@ -470,7 +470,7 @@ impl GenerationStore for MemoryStore {
         }
         let (generation, resolved) = s.apply(now, id, |row| {
             row.generation.cancel_requested = true;
-            row.close(AreaStatus::Cancelled, &rules::cancel_failure(), now);
+            row.close(AreaStatus::Cancelled, &Failure::cancelled(), now);
             Ok(())
         })?;
         drop(s);
@@ -610,7 +610,7 @@ impl GenerationStore for MemoryStore {
 
     async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
         let now = self.clock.now();
-        let failure = rules::deadline_failure();
+        let failure = Failure::generation_deadline();
         let mut s = self.lock();
         let mut ended = Vec::new();
         let mut overdue: Vec<(DateTime<Utc>, GenerationId)> = s

@@ -496,7 +496,7 @@ impl GenerationStore for PgStore {
                 let now = now(&tx).await?;
                 let mut after = before.clone();
                 after.cancel_requested = true;
-                after.close(AreaStatus::Cancelled, &rules::cancel_failure(), now);
+                after.close(AreaStatus::Cancelled, &Failure::cancelled(), now);
                 let voided = save(&tx, &before, &after, false).await?;
                 notify(&tx, &Notification::CancelRequested(id)).await?;
                 notify(&tx, &Notification::Changed(id)).await?;
@@ -659,7 +659,7 @@ impl GenerationStore for PgStore {
 
     async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let failure = rules::deadline_failure();
+        let failure = Failure::generation_deadline();
         let (ids, voided) = self
             .db()
             .run("end_overdue", async |c| {
