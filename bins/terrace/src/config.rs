@@ -61,6 +61,26 @@ pub enum Google {
     },
 }
 
+/// Where Stripe is (CONTRACT §7).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Stripe {
+    /// Both secrets unset: the Stripe simulator runs in-process.
+    Simulator,
+    Real {
+        secret_key: String,
+        webhook_secret: String,
+    },
+}
+
+impl std::fmt::Debug for Stripe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stripe::Simulator => f.write_str("Simulator"),
+            Stripe::Real { .. } => f.write_str("Real { .. }"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum LogFormat {
     #[default]
@@ -96,6 +116,15 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where the web app's "Sign in" link goes (`TERRACE_SUPABASE_URL`).
     pub supabase_url: Option<String>,
+    pub stripe: Stripe,
+    pub stripe_base_url: String,
+    /// The Stripe price of `monthly_pro`; `None`: the plan is not offered.
+    /// With the simulator, its own monthly price when unset.
+    pub stripe_price_monthly_pro: Option<String>,
+    /// One Stripe call, retries included.
+    pub stripe_timeout: Duration,
+    /// Where Checkout returns the user; `None`: the bound address.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -287,6 +316,35 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     };
     let supabase_url =
         env.raw("TERRACE_SUPABASE_URL").map(|u| parse_url("TERRACE_SUPABASE_URL", u.trim())).transpose()?;
+    let stripe = match (env.raw("STRIPE_SECRET_KEY"), env.raw("STRIPE_WEBHOOK_SECRET")) {
+        (None, None) => Stripe::Simulator,
+        (Some(k), Some(w)) => {
+            Stripe::Real { secret_key: k.trim().to_owned(), webhook_secret: w.trim().to_owned() }
+        }
+        (Some(_), None) => {
+            return Err(err("STRIPE_WEBHOOK_SECRET", "is required when STRIPE_SECRET_KEY is set"));
+        }
+        (None, Some(_)) => {
+            return Err(err("STRIPE_SECRET_KEY", "is required when STRIPE_WEBHOOK_SECRET is set"));
+        }
+    };
+    let stripe_base_url = parse_url(
+        "TERRACE_STRIPE_BASE_URL",
+        &env.string("TERRACE_STRIPE_BASE_URL", "https://api.stripe.com"),
+    )?;
+    let stripe_price_monthly_pro = match env.raw("TERRACE_STRIPE_PRICE_MONTHLY_PRO").map(str::trim) {
+        None => None,
+        Some(p) if p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => Some(p.to_owned()),
+        Some(p) => {
+            return Err(err(
+                "TERRACE_STRIPE_PRICE_MONTHLY_PRO",
+                format!("{p:?} is not a Stripe price id like price_1Abc"),
+            ));
+        }
+    };
+    let stripe_timeout = env.duration("TERRACE_STRIPE_TIMEOUT", Duration::from_secs(10))?;
+    let public_url =
+        env.raw("TERRACE_PUBLIC_URL").map(|u| parse_url("TERRACE_PUBLIC_URL", u.trim())).transpose()?;
     Ok(Config {
         bind,
         role,
@@ -310,6 +368,11 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         worker_id,
         log_format,
         supabase_url,
+        stripe,
+        stripe_base_url,
+        stripe_price_monthly_pro,
+        stripe_timeout,
+        public_url,
     })
 }
 
@@ -344,6 +407,42 @@ mod tests {
         assert_eq!(c.policies.db.acquire_timeout, Duration::from_secs(5));
         assert_eq!(c.policies.lease.ttl, Duration::from_secs(30));
         assert_eq!(c.policies.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.stripe, Stripe::Simulator);
+        assert_eq!(c.stripe_base_url, "https://api.stripe.com");
+        assert_eq!(c.stripe_price_monthly_pro, None);
+        assert_eq!(c.stripe_timeout, Duration::from_secs(10));
+        assert_eq!(c.public_url, None);
+    }
+
+    #[test]
+    fn stripe_needs_both_secrets_and_keeps_them_out_of_debug_output() {
+        let c = load(&Env(&env(&[
+            ("STRIPE_SECRET_KEY", "sk_live_abc"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_abc"),
+            ("TERRACE_STRIPE_PRICE_MONTHLY_PRO", "price_1Abc"),
+            ("TERRACE_STRIPE_TIMEOUT", "3s"),
+            ("TERRACE_PUBLIC_URL", "https://terrace.example/"),
+        ])))
+        .unwrap();
+        assert_eq!(
+            c.stripe,
+            Stripe::Real { secret_key: "sk_live_abc".into(), webhook_secret: "whsec_abc".into() }
+        );
+        assert_eq!(c.stripe_price_monthly_pro.as_deref(), Some("price_1Abc"));
+        assert_eq!(c.stripe_timeout, Duration::from_secs(3));
+        assert_eq!(c.public_url.as_deref(), Some("https://terrace.example"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk_live_abc") && !shown.contains("whsec_abc"), "{shown}");
+        for (pairs, var) in [
+            (vec![("STRIPE_SECRET_KEY", "sk_x")], "STRIPE_WEBHOOK_SECRET"),
+            (vec![("STRIPE_WEBHOOK_SECRET", "whsec_x")], "STRIPE_SECRET_KEY"),
+            (vec![("TERRACE_STRIPE_BASE_URL", "api.stripe.com")], "TERRACE_STRIPE_BASE_URL"),
+            (vec![("TERRACE_STRIPE_PRICE_MONTHLY_PRO", "price 1")], "TERRACE_STRIPE_PRICE_MONTHLY_PRO"),
+            (vec![("TERRACE_STRIPE_TIMEOUT", "0s")], "TERRACE_STRIPE_TIMEOUT"),
+            (vec![("TERRACE_PUBLIC_URL", "terrace.example")], "TERRACE_PUBLIC_URL"),
+        ] {
+            assert_eq!(load(&Env(&env(&pairs))).unwrap_err().var, var, "{pairs:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod config;
 mod front;
 mod google;
+mod stripe;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -303,6 +304,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.bind).await.with_context(|| format!("binding {}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    // Stripe, or its simulator sending webhooks to the bound address; a
+    // worker serves no billing routes and needs neither.
+    let billing = match cfg.role.serves_api() {
+        true => Some(stripe::billing(&cfg, addr, &observer).await?),
+        false => None,
+    };
 
     let engine = cfg.role.runs_work().then(|| {
         let worker_id = WorkerId(
@@ -348,6 +355,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     api_cfg.max_requests_per_user = cfg.max_requests_per_user;
     api_cfg.max_streams_per_user = cfg.max_streams_per_user;
     api_cfg.keepalive_interval = cfg.event_keepalive;
+    if let Some(b) = &billing {
+        api_cfg.billing = b.config.clone();
+    }
     // Dev mode (no secret): one demo token, printed below and given to the web app.
     let demo = cfg.jwt_secret.is_none().then(|| {
         let user = UserId::new_random();
@@ -364,7 +374,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             ledger: store.ledger(),
             billing: store.billing(),
             blobs,
-            payments: None,
+            payments: billing.as_ref().map(|b| b.payments.clone()),
             work: engine.clone().map(|e| Arc::new(EngineWork(e)) as Arc<dyn Work>),
             metrics,
         },
@@ -375,8 +385,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     info!(role = cfg.role.as_str(), "listening on {addr}");
     if let Some((demo, token)) = &demo {
-        let host =
-            if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
+        let local = stripe::local_url(addr);
+        let host = local.trim_start_matches("http://");
         println!(
             "\nTERRACE_JWT_SECRET is unset: made a random one for this run. A demo token for user {demo}, valid 24h:\n\n  {token}\n\nOpen the web app, signed in as this user: http://{host}/\n\nTry the terminal front end:\n\n  export TERRACE_URL=http://{host} TERRACE_TOKEN={token}\n  terrace generate --address '1600 Amphitheatre Parkway, Mountain View, CA' --area front_yard:japanese_zen --area backyard:mediterranean\n\nor curl:\n\n  curl -s -X POST http://{host}/v1/generations -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{{\"address\":\"1600 Amphitheatre Parkway, Mountain View, CA\",\"areas\":[{{\"area\":\"front_yard\",\"style\":\"japanese_zen\"}}]}}'\n"
         );
@@ -428,6 +438,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         warn!("the store did not close within the grace period");
     }
     if let Some(sim) = simulator {
+        let _ = tokio::time::timeout_at(began + grace, sim.shutdown()).await;
+    }
+    if let Some(sim) = billing.and_then(|b| b.simulator) {
         let _ = tokio::time::timeout_at(began + grace, sim.shutdown()).await;
     }
     info!("stopped");
