@@ -4,6 +4,7 @@
 //! Postgres test fails without it; each test gets a fresh database).
 
 mod auth;
+mod billing;
 mod config;
 mod faults;
 mod flows;
