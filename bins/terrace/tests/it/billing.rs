@@ -382,3 +382,43 @@ async fn webhooks_with_a_bad_signature_are_refused_and_credit_nothing() {
     assert_eq!(deliver(&t, &stripe, &paid).await.1["outcome"], "applied");
     assert_eq!(t.account(&token).await["token_balance"], 10);
 }
+
+#[tokio::test]
+async fn a_later_update_that_arrives_before_created_is_not_undone_by_it() {
+    let backend = Backend::postgres().await;
+    let (sim, stripe) = (simulator().await, quiet_stripe().await);
+    let mut env = base_env(&sim);
+    backend.apply(&mut env);
+    use_stripe(&mut env, &stripe);
+    let t = Terrace::start(&env).await;
+    let token = t.token(UserId::new_random());
+    let session = checkout(&t, &token, json!({"plan_id": "monthly_pro"}), "/v1/billing/subscription").await;
+    stripe.pay(&session).unwrap();
+    let first = events(&stripe, 3).await;
+    let sub = first[0]["data"]["object"]["id"].as_str().unwrap().to_owned();
+    // A renewal fails: `invoice.payment_failed`, `customer.subscription.updated`.
+    stripe.advance_subscription(&sub, "past_due").unwrap();
+    let mut later: Vec<Value> = events(&stripe, 5).await.split_off(3);
+    let kinds: Vec<&str> = later.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["invoice.payment_failed", "customer.subscription.updated"]);
+    // They happen an hour after the purchase, as a renewal would (the
+    // simulator made them within the same second).
+    for e in &mut later {
+        e["created"] = json!(e["created"].as_i64().unwrap() + 3600);
+    }
+
+    // The update first, then the failed invoice, then the purchase's events,
+    // `created` last.
+    for e in later.iter().rev().chain(first.iter().rev()) {
+        let (status, body) = deliver(&t, &stripe, e).await;
+        assert_eq!(status, 200, "{} {body}", e["type"]);
+    }
+    let s = wait_subscription(&t, &token, |_| true).await;
+    assert_eq!(s["status"], "past_due", "{s}");
+    assert_eq!(s["plan"], "monthly_pro", "{s}");
+    // past_due grants nothing: the create spends a trial credit.
+    let (status, g) = t.create(&token, &[("front_yard", "japanese_zen")]).await;
+    assert_eq!(status, 202, "{g}");
+    t.wait_terminal(g["id"].as_str().unwrap(), &token).await;
+    assert_eq!(t.account(&token).await["trial_credits"], 2);
+}
