@@ -128,6 +128,9 @@ async fn a_payment_delivered_ten_times_at_once_to_two_instances_credits_once() {
             .sum::<f64>();
     }
     assert_eq!(counted, 10.0);
+    // The checkout's call to Stripe is in the upstream series.
+    let text = a.http.get(a.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l.contains("upstream=\"stripe\"")), "{text}");
 }
 
 #[tokio::test]
