@@ -12,7 +12,6 @@ use axum::response::Response;
 use chrono::SecondsFormat;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use terrace_domain::billing::{
     BillingChange, BillingEvent, CURRENCY, EventOrder, MONTHLY_PRO, PACKAGES, Package, Plan, Subscription,
     SubscriptionChange, SubscriptionStatus,
@@ -182,12 +181,8 @@ fn stripe_key(what: &str, user: UserId, headers: &HeaderMap) -> Result<Idempoten
         Some(k) => format!("{what}:{user}:{}", k.as_str()),
         None => format!("{what}:{user}:{}", uuid::Uuid::new_v4()),
     };
-    let key = format!("terrace-{}", hex(&Sha256::digest(basis.as_bytes())[..16]));
+    let key = format!("terrace-{}", crate::digest::sha256_hex(basis.as_bytes(), 16));
     Ok(IdempotencyKey::parse(&key).expect("a hex key is a valid idempotency key"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn public(s: &AppState, path: &str) -> String {

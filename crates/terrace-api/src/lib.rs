@@ -13,6 +13,7 @@
 mod auth;
 mod billing;
 mod blobs;
+mod digest;
 mod edge;
 mod events;
 mod metrics;

@@ -11,7 +11,6 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use terrace_domain::input::RawGenerationRequest;
 use terrace_domain::{
@@ -19,8 +18,7 @@ use terrace_domain::{
     GrantAmount, IdempotencyKey, RequestId, UserId,
 };
 use terrace_ports::{
-    CancelOutcome, CreateOutcome, IdempotencyClaim, ListQuery, NewGeneration, SourceKind, StoredResponse,
-    blob_key,
+    CancelOutcome, CreateOutcome, IdempotencyClaim, ListQuery, NewGeneration, SourceKind, blob_key,
 };
 
 /// A JSON answer.
@@ -280,11 +278,6 @@ pub async fn transactions(
 
 // ---- generations ----
 
-fn request_hash(req: &GenerationRequest) -> String {
-    let canonical = serde_json::to_vec(req).expect("a parsed request always serializes");
-    Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
     let parsed = v.to_str().ok().map(IdempotencyKey::parse);
@@ -298,9 +291,9 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyK
     }
 }
 
-fn created(status: u16, body: String, g: &Generation) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-    let mut res = json_response(status, body);
+/// 202 with the generation and its `Location`.
+fn created(g: &Generation) -> Response {
+    let mut res = json_response(StatusCode::ACCEPTED, GenerationView::json(g));
     if let Ok(v) = HeaderValue::from_str(&generation_path(g)) {
         res.headers_mut().insert(header::LOCATION, v);
     }
@@ -328,7 +321,9 @@ pub async fn create(
             return Err(Problem::validation(errors));
         }
     };
-    let claim = key.clone().map(|key| IdempotencyClaim { key, request_hash: request_hash(&request) });
+    let claim = key
+        .clone()
+        .map(|key| IdempotencyClaim { key, request_hash: crate::digest::request_fingerprint(&request) });
     let new = NewGeneration {
         id: GenerationId::new_random(),
         user_id: c.user,
@@ -340,30 +335,16 @@ pub async fn create(
     let outcome = s.bounded(s.0.store.create(new, claim), Problem::from_create).await?;
     match outcome {
         CreateOutcome::Created(g) => {
-            let body = GenerationView::json(&g);
             tracing::info!(generation_id = %g.id, areas = g.areas.len(), "generation created");
             if let Some(w) = &s.0.work {
                 w.wake();
             }
-            if let Some(key) = &key {
-                let saved = StoredResponse { status: 202, body: body.clone() };
-                if let Err(p) =
-                    s.bounded(s.0.store.save_response(c.user, key, saved), Problem::from_store).await
-                {
-                    tracing::warn!(
-                        code = p.code,
-                        "could not save the idempotent answer; replays will rebuild it"
-                    );
-                }
-            }
-            Ok(created(202, body, &g))
+            Ok(created(&g))
         }
-        CreateOutcome::Replayed { generation, response } => {
-            tracing::info!(generation_id = %generation.id, "idempotent replay");
-            Ok(match response {
-                Some(r) => created(r.status, r.body, &generation),
-                None => created(202, GenerationView::json(&generation), &generation),
-            })
+        // The first answer again: the generation as its create left it.
+        CreateOutcome::Replayed(g) => {
+            tracing::info!(generation_id = %g.id, "idempotent replay");
+            Ok(created(&g.as_created()))
         }
     }
 }
@@ -455,8 +436,7 @@ pub async fn events(
 /// immutable and validated by a strong `ETag` of its bytes (304 when the
 /// caller has it already).
 fn image_response(image: terrace_ports::Image, request: &HeaderMap) -> Response {
-    let digest = Sha256::digest(&image.bytes);
-    let etag = format!("\"{}\"", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let etag = format!("\"{}\"", crate::digest::sha256_hex(&image.bytes, 16));
     let cached = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

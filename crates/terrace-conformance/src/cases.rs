@@ -13,7 +13,7 @@ use terrace_domain::{
     UserId,
 };
 use terrace_ports::{
-    CancelOutcome, CreateOutcome, IdempotencyClaim, Lease, ListQuery, Notification, StoredResponse, WorkerId,
+    CancelOutcome, CreateOutcome, IdempotencyClaim, Lease, ListQuery, Notification, WorkerId,
 };
 
 use AreaKind::{Backyard, FrontYard, Patio, Walkway};
@@ -177,19 +177,18 @@ pub async fn idempotency_replays_and_refuses_another_body(s: &Subject) {
         other => panic!("expected created, got {other:?}"),
     };
     match s.store.create(new_generation(user, &[FrontYard], LONG, 3), claim("h1")).await {
-        Ok(CreateOutcome::Replayed { generation, response: None }) => assert_eq!(generation.id, first.id),
-        other => panic!("expected a replay without a response, got {other:?}"),
+        Ok(CreateOutcome::Replayed(g)) => assert_eq!(g, first, "the replay finds the generation as stored"),
+        other => panic!("expected a replay, got {other:?}"),
     }
-    let response = StoredResponse { status: 202, body: "{\"id\":1}".into() };
-    s.store.save_response(user, &key, response.clone()).await.unwrap();
-    // The first answer stays the answer.
-    s.store.save_response(user, &key, StoredResponse { status: 500, body: "x".into() }).await.unwrap();
+    // Once it has moved on, the replay still rebuilds the first answer.
+    let lease = s.store.claim(&worker("w1"), TTL, 10).await.unwrap();
+    assert!(lease.iter().any(|g| g.id == first.id), "the generation was claimed");
     match s.store.create(new_generation(user, &[FrontYard], LONG, 3), claim("h1")).await {
-        Ok(CreateOutcome::Replayed { generation, response: Some(r) }) => {
-            assert_eq!(generation.id, first.id);
-            assert_eq!(r, response);
+        Ok(CreateOutcome::Replayed(g)) => {
+            assert_eq!(g.status, GenerationStatus::Processing);
+            assert_eq!(g.as_created(), first, "the first answer, rebuilt");
         }
-        other => panic!("expected a replay with the response, got {other:?}"),
+        other => panic!("expected a replay, got {other:?}"),
     }
     match s.store.create(new_generation(user, &[FrontYard], LONG, 3), claim("h2")).await {
         Err(CreateError::IdempotencyKeyReused) => {}
@@ -200,8 +199,6 @@ pub async fn idempotency_replays_and_refuses_another_body(s: &Subject) {
     let _ = s.store.create(new_generation(other_user, &[FrontYard], LONG, 3), claim("h2")).await.unwrap();
     let acc = account(s, user).await;
     assert_eq!((acc.trial_credits, acc.held), (2, 1), "replays held nothing");
-    let missing = IdempotencyKey::parse("never-used").unwrap();
-    assert_eq!(s.store.save_response(user, &missing, response).await, Err(StoreError::NotFound));
 }
 
 pub async fn get_and_list_page_newest_first(s: &Subject) {

@@ -39,4 +39,6 @@ pub use input::{
     GrantAmount, IdempotencyKey, InvalidInput, PreservationStrength, RequestId, Style, UserId,
 };
 pub use policy::{DbPolicy, LeasePolicy, LockPolicy, Policies, PolicyError, RetryPolicy};
-pub use state::{Area, AreaStage, AreaStatus, Generation, GenerationStatus, Geocoded, IllegalTransition};
+pub use state::{
+    Area, AreaStage, AreaStatus, Created, Generation, GenerationStatus, Geocoded, IllegalTransition,
+};

@@ -9,7 +9,7 @@
 use crate::credits::{CreditSource, HoldState};
 use crate::error::Failure;
 use crate::geo::LatLng;
-use crate::input::{Address, AreaKind, AreaRequest, GenerationId, RequestId, UserId};
+use crate::input::{Address, AreaKind, AreaRequest, GenerationId, GenerationRequest, RequestId, UserId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -286,7 +286,80 @@ pub struct Generation {
     pub cancel_requested: bool,
 }
 
+/// What a create decides about a new generation; the store supplies the
+/// time it was made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub id: GenerationId,
+    pub user_id: UserId,
+    pub request_id: RequestId,
+    pub request: GenerationRequest,
+    /// Where each area's hold comes from, in the request's order (what
+    /// [`crate::Account::hold`] took).
+    pub sources: Vec<CreditSource>,
+}
+
 impl Generation {
+    /// The generation a create makes: pending, every area queued and holding
+    /// its credit. Every store builds it here, so that what it returns is
+    /// what it wrote, without reading it back.
+    pub fn created(c: Created, created_at: DateTime<Utc>, deadline_at: DateTime<Utc>) -> Self {
+        debug_assert_eq!(c.request.areas.len(), c.sources.len(), "one hold per area");
+        let areas = c
+            .request
+            .areas
+            .into_iter()
+            .zip(c.sources)
+            .map(|(spec, hold_source)| Area {
+                spec,
+                status: AreaStatus::Pending,
+                stage: AreaStage::Queued,
+                progress: 0,
+                image_key: None,
+                error: None,
+                completed_at: None,
+                hold_source,
+                hold: HoldState::Held,
+            })
+            .collect();
+        Generation {
+            id: c.id,
+            user_id: c.user_id,
+            request_id: c.request_id,
+            status: GenerationStatus::Pending,
+            address: c.request.address,
+            geocoded: None,
+            areas,
+            error: None,
+            created_at,
+            started_at: None,
+            completed_at: None,
+            deadline_at,
+            attempt: 0,
+            cancel_requested: false,
+        }
+    }
+
+    /// The generation as its create left it, whatever has happened since:
+    /// what an idempotent replay answers (the first answer, rebuilt from
+    /// what the store keeps rather than saved as a response).
+    pub fn as_created(&self) -> Self {
+        Generation::created(
+            Created {
+                id: self.id,
+                user_id: self.user_id,
+                request_id: self.request_id.clone(),
+                request: GenerationRequest {
+                    address: self.address.clone(),
+                    areas: self.areas.iter().map(|a| a.spec.clone()).collect(),
+                },
+                sources: self.areas.iter().map(|a| a.hold_source).collect(),
+            },
+            self.created_at,
+            self.deadline_at,
+        )
+    }
+
     /// One credit per area.
     pub fn cost(&self) -> u64 {
         self.areas.len() as u64
@@ -406,6 +479,52 @@ mod tests {
         assert!(a.complete("k".into(), now).is_err());
         assert!(a.end(Failed, Failure::new(ErrorCode::Internal, "x"), now).is_err());
         assert_eq!(a.hold, HoldState::Captured);
+    }
+
+    #[test]
+    fn a_generation_as_created_is_the_one_its_create_made_whatever_happened_since() {
+        use crate::input::{RawAreaRequest, RawGenerationRequest};
+        let raw = RawGenerationRequest {
+            address: "1 Main St".into(),
+            areas: ["front_yard", "backyard"]
+                .map(|area| RawAreaRequest {
+                    area: area.into(),
+                    style: "mediterranean".into(),
+                    custom_prompt: Some("olives".into()),
+                    preservation_strength: Some(0.4),
+                })
+                .to_vec(),
+        };
+        let request = GenerationRequest::parse(&raw).unwrap();
+        let now = Utc::now();
+        let made = Generation::created(
+            Created {
+                id: GenerationId::new_random(),
+                user_id: UserId::new_random(),
+                request_id: RequestId::generate(),
+                request,
+                sources: vec![CreditSource::Subscription, CreditSource::Token],
+            },
+            now,
+            now + chrono::Duration::minutes(5),
+        );
+        assert_eq!(made.status, GenerationStatus::Pending);
+        assert!(made.areas.iter().all(|a| a.status == Pending && a.hold == HoldState::Held));
+        assert_eq!(made.areas[1].hold_source, CreditSource::Token);
+
+        let mut later = made.clone();
+        later.attempt = 2;
+        later.status = GenerationStatus::PartiallyCompleted;
+        later.started_at = Some(now);
+        later.completed_at = Some(now);
+        later.geocoded = Some(Geocoded {
+            location: crate::LatLng::new(1.0, 2.0).unwrap(),
+            formatted_address: "1 Main Street".into(),
+        });
+        later.areas[0].complete("k".into(), now).unwrap();
+        later.areas[1].end(Failed, Failure::new(ErrorCode::Internal, "x"), now).unwrap();
+        assert_ne!(later, made);
+        assert_eq!(later.as_created(), made);
     }
 
     #[test]

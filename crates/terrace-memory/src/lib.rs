@@ -24,14 +24,14 @@ use terrace_domain::credits::check_conservation;
 use terrace_domain::rules::{self, Resolution};
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
-    Account, Area, AreaKind, BlobError, CreateError, CreditReference, CreditSource, ErrorCode, Failure,
-    Generation, GenerationId, GenerationStatus, Geocoded, GrantAmount, HoldState, IdempotencyKey,
-    LedgerEntry, LedgerError, LedgerKind, StoreError, UserId,
+    Account, Area, AreaKind, BlobError, CreateError, Created, CreditReference, CreditSource, ErrorCode,
+    Failure, Generation, GenerationId, GenerationStatus, Geocoded, GrantAmount, HoldState, LedgerEntry,
+    LedgerError, LedgerKind, StoreError, UserId,
 };
 use terrace_ports::{
     BillingLedger, BlobStore, CancelOutcome, Clock, CreateOutcome, Finished, GenerationStore, Grant,
     IdempotencyClaim, Image, Lease, LeaseState, Ledger, ListQuery, NewGeneration, NoopObserver, Notification,
-    Observer, Page, PoolStatus, StoreGauges, StoredResponse, WorkerId,
+    Observer, Page, PoolStatus, StoreGauges, WorkerId,
 };
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -87,7 +87,6 @@ impl Row {
 struct Idempotency {
     request_hash: String,
     generation_id: GenerationId,
-    response: Option<StoredResponse>,
     expires_at: DateTime<Utc>,
 }
 
@@ -359,9 +358,7 @@ impl GenerationStore for MemoryStore {
                 if prior.request_hash != claim.request_hash {
                     return Err(CreateError::IdempotencyKeyReused);
                 }
-                let response = prior.response.clone();
-                let generation = s.rows[&prior.generation_id].generation.clone();
-                return Ok(CreateOutcome::Replayed { generation, response });
+                return Ok(CreateOutcome::Replayed(s.rows[&prior.generation_id].generation.clone()));
             }
         }
         s.open(now, new.user_id, new.trial_credits);
@@ -370,43 +367,21 @@ impl GenerationStore for MemoryStore {
         let sources = account
             .hold(new.request.areas.len(), subscribed)
             .map_err(|e| CreateError::InsufficientCredits { needed: e.needed, available: e.available })?;
-        let areas: Vec<Area> = new
-            .request
-            .areas
-            .iter()
-            .zip(&sources)
-            .map(|(spec, source)| Area {
-                spec: spec.clone(),
-                status: AreaStatus::Pending,
-                stage: AreaStage::Queued,
-                progress: 0,
-                image_key: None,
-                error: None,
-                completed_at: None,
-                hold_source: *source,
-                hold: HoldState::Held,
-            })
-            .collect();
-        for a in &areas {
+        let generation = Generation::created(
+            Created {
+                id: new.id,
+                user_id: new.user_id,
+                request_id: new.request_id,
+                request: new.request,
+                sources,
+            },
+            now,
+            now + delta(new.deadline),
+        );
+        for a in &generation.areas {
             let line = (new.user_id, LedgerKind::Hold, a.hold_source, a.hold_source.per_area());
             s.entry(now, line, Link::Area(new.id, a.kind()));
         }
-        let generation = Generation {
-            id: new.id,
-            user_id: new.user_id,
-            request_id: new.request_id,
-            status: GenerationStatus::Pending,
-            address: new.request.address,
-            geocoded: None,
-            areas,
-            error: None,
-            created_at: now,
-            started_at: None,
-            completed_at: None,
-            deadline_at: now + delta(new.deadline),
-            attempt: 0,
-            cancel_requested: false,
-        };
         let seq = s.next_seq;
         s.next_seq += 1;
         s.rows.insert(
@@ -419,7 +394,6 @@ impl GenerationStore for MemoryStore {
                 Idempotency {
                     request_hash: claim.request_hash,
                     generation_id: new.id,
-                    response: None,
                     expires_at: now + IDEMPOTENCY_TTL,
                 },
             );
@@ -427,18 +401,6 @@ impl GenerationStore for MemoryStore {
         drop(s);
         self.notify(Notification::Created(new.id));
         Ok(CreateOutcome::Created(generation))
-    }
-
-    async fn save_response(
-        &self,
-        user: UserId,
-        key: &IdempotencyKey,
-        response: StoredResponse,
-    ) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        let entry = s.idempotency.get_mut(&(user, key.as_str().to_owned())).ok_or(StoreError::NotFound)?;
-        entry.response.get_or_insert(response);
-        Ok(())
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {

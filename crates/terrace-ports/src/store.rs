@@ -70,21 +70,15 @@ pub struct IdempotencyClaim {
     pub request_hash: String,
 }
 
-/// The first answer to an idempotent request, replayed for 24 h.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredResponse {
-    pub status: u16,
-    pub body: String,
-}
-
 /// What [`GenerationStore::create`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
     /// Held, stored, pending.
     Created(Generation),
-    /// The key was used before with the same body: nothing new was held.
-    /// `response` is the first answer, if it was saved.
-    Replayed { generation: Generation, response: Option<StoredResponse> },
+    /// The key was used before with the same request: nothing new was held.
+    /// The generation is as it is now; [`Generation::as_created`] is what
+    /// the first create returned.
+    Replayed(Generation),
 }
 
 /// What [`GenerationStore::cancel`] did.
@@ -189,15 +183,6 @@ pub trait GenerationStore: Send + Sync + 'static {
         new: NewGeneration,
         idempotency: Option<IdempotencyClaim>,
     ) -> Result<CreateOutcome, CreateError>;
-
-    /// Saves the first answer for an idempotency key. Best effort: a replay
-    /// without it rebuilds the answer from the generation.
-    async fn save_response(
-        &self,
-        user: UserId,
-        key: &IdempotencyKey,
-        response: StoredResponse,
-    ) -> Result<(), StoreError>;
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError>;
 

@@ -12,12 +12,12 @@ use std::time::Duration;
 use terrace_domain::rules::{self, Resolution};
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
-    Area, AreaKind, CreateError, CreditSource, ErrorCode, Failure, Generation, GenerationId,
-    GenerationStatus, Geocoded, HoldState, IdempotencyKey, LockPolicy, StoreError, UserId,
+    Area, AreaKind, CreateError, Created, CreditSource, ErrorCode, Failure, Generation, GenerationId,
+    GenerationStatus, Geocoded, HoldState, LockPolicy, StoreError, UserId,
 };
 use terrace_ports::{
     CancelOutcome, CreateOutcome, Finished, GenerationStore, IdempotencyClaim, Lease, LeaseState, ListQuery,
-    NewGeneration, Notification, Page, PoolStatus, StoreGauges, StoredResponse, WorkerId,
+    NewGeneration, Notification, Page, PoolStatus, StoreGauges, WorkerId,
 };
 use uuid::Uuid;
 
@@ -208,7 +208,7 @@ async fn replay(
 ) -> Result<Option<CreateOutcome>, CreateError> {
     let Some(row) = c
         .query_opt_cached(
-            "SELECT request_hash, generation_id, response_status, response_body FROM idempotency_keys \
+            "SELECT request_hash, generation_id FROM idempotency_keys \
              WHERE user_id = $1 AND key = $2 AND expires_at > now()",
             &[&user.0, &claim.key.as_str()],
         )
@@ -222,14 +222,8 @@ async fn replay(
         return Err(CreateError::IdempotencyKeyReused);
     }
     let id = GenerationId(row.get(1));
-    let status: Option<i16> = row.get(2);
-    let body: Option<String> = row.get(3);
-    let response = match (status, body) {
-        (Some(s), Some(body)) => Some(StoredResponse { status: u16::try_from(s).map_err(corrupt)?, body }),
-        _ => None,
-    };
     let generation = load_one(c, id, false).await?.ok_or(StoreError::NotFound)?;
-    Ok(Some(CreateOutcome::Replayed { generation, response }))
+    Ok(Some(CreateOutcome::Replayed(generation)))
 }
 
 impl PgStore {
@@ -354,9 +348,11 @@ impl GenerationStore for PgStore {
                 )
                 .await
                 .map_err(map_err)?;
-                tx.execute_cached(
+                let times = tx
+                    .query_one_cached(
                     "INSERT INTO generations (id, user_id, request_id, status, address, deadline_at) \
-                     VALUES ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5))",
+                     VALUES ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5)) \
+                     RETURNING created_at, deadline_at",
                     &[
                         &new.id.0,
                         &new.user_id.0,
@@ -425,35 +421,16 @@ impl GenerationStore for PgStore {
                     }
                 }
                 notify(&tx, &Notification::Created(new.id)).await?;
-                let generation = load_one(&tx, new.id, false).await?.ok_or(StoreError::NotFound)?;
                 tx.commit().await.map_err(map_err)?;
-                Ok(CreateOutcome::Created(generation))
-            })
-            .await
-    }
-
-    async fn save_response(
-        &self,
-        user: UserId,
-        key: &IdempotencyKey,
-        response: StoredResponse,
-    ) -> Result<(), StoreError> {
-        self.db()
-            .run("save_response", async |c| {
-                let n = c
-                    .execute_cached(
-                        "UPDATE idempotency_keys SET response_status = COALESCE(response_status, $3), \
-                         response_body = COALESCE(response_body, $4) WHERE user_id = $1 AND key = $2",
-                        &[
-                            &user.0,
-                            &key.as_str(),
-                            &i16::try_from(response.status).map_err(corrupt)?,
-                            &response.body,
-                        ],
-                    )
-                    .await
-                    .map_err(map_err)?;
-                if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+                // What was written, without reading it back.
+                let created = Created {
+                    id: new.id,
+                    user_id: new.user_id,
+                    request_id: new.request_id.clone(),
+                    request: new.request.clone(),
+                    sources,
+                };
+                Ok(CreateOutcome::Created(Generation::created(created, times.get(0), times.get(1))))
             })
             .await
     }

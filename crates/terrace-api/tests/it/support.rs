@@ -49,15 +49,6 @@ impl GenerationStore for Stall {
         self.gate().await;
         self.inner.create(new, idempotency).await
     }
-    async fn save_response(
-        &self,
-        user: UserId,
-        key: &IdempotencyKey,
-        response: StoredResponse,
-    ) -> Result<(), StoreError> {
-        self.gate().await;
-        self.inner.save_response(user, key, response).await
-    }
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
         self.gate().await;
         self.inner.get(id).await
