@@ -319,6 +319,12 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     let stripe = match (env.raw("STRIPE_SECRET_KEY"), env.raw("STRIPE_WEBHOOK_SECRET")) {
         (None, None) => Stripe::Simulator,
         (Some(k), Some(w)) => {
+            // Checked here, so that a bad key exits 2 before anything binds.
+            for (var, key) in [("STRIPE_SECRET_KEY", k.trim()), ("STRIPE_WEBHOOK_SECRET", w.trim())] {
+                if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(err(var, "has characters no Stripe key has (spaces, control or non-ASCII)"));
+                }
+            }
             Stripe::Real { secret_key: k.trim().to_owned(), webhook_secret: w.trim().to_owned() }
         }
         (Some(_), None) => {
@@ -436,6 +442,14 @@ mod tests {
         for (pairs, var) in [
             (vec![("STRIPE_SECRET_KEY", "sk_x")], "STRIPE_WEBHOOK_SECRET"),
             (vec![("STRIPE_WEBHOOK_SECRET", "whsec_x")], "STRIPE_SECRET_KEY"),
+            (
+                vec![("STRIPE_SECRET_KEY", "sk_test abc"), ("STRIPE_WEBHOOK_SECRET", "whsec_x")],
+                "STRIPE_SECRET_KEY",
+            ),
+            (
+                vec![("STRIPE_SECRET_KEY", "sk_x"), ("STRIPE_WEBHOOK_SECRET", "whsec_é")],
+                "STRIPE_WEBHOOK_SECRET",
+            ),
             (vec![("TERRACE_STRIPE_BASE_URL", "api.stripe.com")], "TERRACE_STRIPE_BASE_URL"),
             (vec![("TERRACE_STRIPE_PRICE_MONTHLY_PRO", "price 1")], "TERRACE_STRIPE_PRICE_MONTHLY_PRO"),
             (vec![("TERRACE_STRIPE_TIMEOUT", "0s")], "TERRACE_STRIPE_TIMEOUT"),

@@ -430,9 +430,12 @@ pub(crate) fn billing_event(e: &PaymentEvent) -> BillingEvent {
             (at(2), change)
         }
         PaymentEventKind::SubscriptionChanged(c) => {
+            // Within one second, the subscription object's own events are
+            // the newest word on it: an update (a cancellation scheduled
+            // just after paying, say) outranks the invoice of that second.
             let rank = match c.action {
                 SubscriptionAction::Created => 1,
-                SubscriptionAction::Updated => 3,
+                SubscriptionAction::Updated => 4,
                 SubscriptionAction::Deleted => 5,
             };
             let status = match c.action {
@@ -468,9 +471,73 @@ pub(crate) fn billing_event(e: &PaymentEvent) -> BillingEvent {
                 },
                 None => BillingChange::Ignored,
             };
-            (at(4), change)
+            (at(3), change)
         }
         PaymentEventKind::Other => (at(0), BillingChange::Ignored),
     };
     BillingEvent { id: e.id.clone(), kind: e.event_type.clone(), order, change }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use terrace_ports::{InvoiceEvent, SubscriptionChanged};
+
+    fn event(created: i64, kind: PaymentEventKind) -> PaymentEvent {
+        PaymentEvent { id: format!("evt_{created}"), event_type: "t".into(), created, kind }
+    }
+
+    fn updated(cancel_at_period_end: bool) -> PaymentEventKind {
+        PaymentEventKind::SubscriptionChanged(SubscriptionChanged {
+            action: SubscriptionAction::Updated,
+            subscription_id: "sub_1".into(),
+            customer: Some("cus_1".into()),
+            status: "active".into(),
+            current_period_end: None,
+            cancel_at_period_end,
+            cancel_at: None,
+            price_id: None,
+            user_id: None,
+            plan_id: None,
+        })
+    }
+
+    #[test]
+    fn within_one_second_the_subscription_s_update_is_newer_than_the_invoice() {
+        let invoice = PaymentEventKind::InvoicePaid(InvoiceEvent {
+            invoice_id: "in_1".into(),
+            subscription_id: Some("sub_1".into()),
+            customer: Some("cus_1".into()),
+            period_end: None,
+            user_id: None,
+        });
+        let same_second = billing_event(&event(100, updated(true))).order;
+        assert!(same_second > billing_event(&event(100, invoice.clone())).order);
+        // A later second is newer whatever the kind.
+        assert!(billing_event(&event(101, invoice)).order > same_second);
+        // Applied in either order, the cancellation scheduled in the
+        // invoice's second stays scheduled.
+        let mut sub = Subscription::default();
+        for e in [
+            event(100, updated(true)),
+            event(
+                100,
+                PaymentEventKind::InvoicePaid(InvoiceEvent {
+                    invoice_id: "in_1".into(),
+                    subscription_id: Some("sub_1".into()),
+                    customer: Some("cus_1".into()),
+                    period_end: None,
+                    user_id: None,
+                }),
+            ),
+        ] {
+            let BillingEvent { order, change: BillingChange::Subscription { change, .. }, .. } =
+                billing_event(&e)
+            else {
+                panic!("a subscription change")
+            };
+            sub.apply(&change, order);
+        }
+        assert!(sub.cancel_at_period_end, "{sub:?}");
+    }
 }

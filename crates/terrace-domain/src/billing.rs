@@ -227,7 +227,7 @@ impl WebhookOutcome {
 
 /// The ledger reference of a purchase: once per payment.
 pub fn purchase_reference(payment_intent: &str) -> String {
-    format!("stripe:{payment_intent}")
+    format!("{}{payment_intent}", crate::CreditReference::PURCHASE_PREFIX)
 }
 
 #[cfg(test)]

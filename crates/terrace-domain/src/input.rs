@@ -249,10 +249,23 @@ impl GrantAmount {
 pub struct CreditReference(String);
 
 impl CreditReference {
+    /// The reference of the trial credits an account opens with.
+    pub const TRIAL: &'static str = "trial";
+    /// Purchases are credited as `stripe:<payment_intent>`.
+    pub const PURCHASE_PREFIX: &'static str = "stripe:";
+
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
         let n = raw.chars().count();
         if !(1..=255).contains(&n) || has_control(raw, false) {
             return Err(InvalidInput::new("reference", "must be 1 to 255 characters, no control characters"));
+        }
+        // Terrace's own credits use these; a grant under one would stop a
+        // purchase (or the trial) from being credited.
+        if raw.starts_with(Self::PURCHASE_PREFIX) || raw == Self::TRIAL {
+            return Err(InvalidInput::new(
+                "reference",
+                "\"trial\" and \"stripe:…\" are reserved for Terrace's own credits",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -445,6 +458,9 @@ mod tests {
         assert!(GrantAmount::parse(100_000).is_ok());
         assert!(CreditReference::parse("").is_err());
         assert!(CreditReference::parse(&"r".repeat(256)).is_err());
+        assert!(CreditReference::parse("trial").is_err());
+        assert!(CreditReference::parse("stripe:pi_123").is_err());
+        assert!(CreditReference::parse("trial-bonus").is_ok());
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl State {
             self.entry(
                 now,
                 (user, LedgerKind::Credit, CreditSource::Trial, trial),
-                Link::Reference("trial".into()),
+                Link::Reference(CreditReference::TRIAL.into()),
             );
         }
         a
