@@ -137,6 +137,15 @@ impl Config {
 /// map in tests).
 pub struct Env<'a>(pub &'a HashMap<String, String>);
 
+impl std::fmt::Debug for Env<'_> {
+    /// The names only: values hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_tuple("Env").field(&names).finish()
+    }
+}
+
 impl Env<'_> {
     fn raw(&self, var: &'static str) -> Option<&str> {
         self.0.get(var).map(String::as_str).filter(|v| !v.trim().is_empty())
@@ -243,63 +252,7 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     let jwt_audience = env.string("TERRACE_JWT_AUDIENCE", terrace_api::DEFAULT_AUDIENCE).trim().to_owned();
     let trial_credits = env.number("TERRACE_TRIAL_CREDITS", 3u64, (0, 1_000_000))?;
 
-    let maps_timeout = env.duration("TERRACE_MAPS_TIMEOUT", Duration::from_secs(10))?;
-    let llm_idle_timeout = env.duration("TERRACE_LLM_IDLE_TIMEOUT", Duration::from_secs(90))?;
-    let llm_connect_timeout = env.duration("TERRACE_LLM_CONNECT_TIMEOUT", Duration::from_secs(10))?;
-    let area_timeout = env.duration("TERRACE_AREA_TIMEOUT", Duration::from_secs(240))?;
-    let generation_timeout = env.duration("TERRACE_GENERATION_TIMEOUT", Duration::from_secs(300))?;
-    if area_timeout > generation_timeout {
-        return Err(err("TERRACE_AREA_TIMEOUT", "must not exceed TERRACE_GENERATION_TIMEOUT"));
-    }
-    let pool_size = env.number("TERRACE_DB_POOL_SIZE", 10usize, (1, 1000))?;
-    let acquire_timeout = env.duration("TERRACE_DB_ACQUIRE_TIMEOUT", Duration::from_secs(5))?;
-    let connect_timeout = env.duration("TERRACE_DB_CONNECT_TIMEOUT", Duration::from_secs(5))?;
-    let statement_timeout = env.duration("TERRACE_DB_STATEMENT_TIMEOUT", Duration::from_secs(30))?;
-    // `nowait` (or 0): the account lock is taken with NOWAIT, never waited for.
-    let lock = match env.raw("TERRACE_DB_LOCK_WAIT").map(str::trim) {
-        Some("nowait" | "0") => LockPolicy::NoWait,
-        _ => LockPolicy::Timeout(env.duration("TERRACE_DB_LOCK_WAIT", Duration::from_millis(250))?),
-    };
-    let lease_ttl = env.duration("TERRACE_LEASE_TTL", Duration::from_secs(30))?;
-    let heartbeat_interval = env.duration("TERRACE_HEARTBEAT_INTERVAL", lease_ttl / 3)?;
-    if heartbeat_interval >= lease_ttl {
-        return Err(err("TERRACE_HEARTBEAT_INTERVAL", "must be shorter than TERRACE_LEASE_TTL"));
-    }
-    let sweep_interval = env.duration("TERRACE_SWEEP_INTERVAL", Duration::from_secs(5))?;
-    let shutdown_grace = env.duration("TERRACE_SHUTDOWN_GRACE", Duration::from_secs(30))?;
-    let blob_timeout = env.duration("TERRACE_BLOB_TIMEOUT", Duration::from_secs(30))?;
-    let max_running = env.number("TERRACE_MAX_RUNNING", 32usize, (1, 10_000))?;
-    let sweep_batch = env.number("TERRACE_SWEEP_BATCH", 500usize, (1, 100_000))?;
-    let area_concurrency = env.number("TERRACE_AREA_CONCURRENCY", 5usize, (1, 5))?;
-    let max_attempts = env.number("TERRACE_RETRY_MAX_ATTEMPTS", 4u32, (1, 20))?;
-
-    let policies = Policies {
-        maps_timeout,
-        llm_connect_timeout,
-        llm_idle_timeout,
-        area_timeout,
-        generation_timeout,
-        area_concurrency,
-        retry: RetryPolicy {
-            max_attempts,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(8),
-            max_retry_after: Duration::from_secs(30),
-        },
-        lock,
-        db: DbPolicy {
-            pool_size,
-            acquire_timeout,
-            connect_timeout,
-            statement_timeout,
-            lock_timeout: Duration::from_secs(5).min(statement_timeout),
-            idle_in_transaction_timeout: Duration::from_secs(60),
-        },
-        lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running, sweep_batch },
-        shutdown_grace,
-        blob_timeout,
-    };
-    policies.validate().map_err(|e| err("TERRACE_*", e.to_string()))?;
+    let policies = policies(env)?;
 
     let header_read_timeout = env.duration("TERRACE_HEADER_READ_TIMEOUT", Duration::from_secs(10))?;
     let request_timeout = env.duration("TERRACE_REQUEST_TIMEOUT", Duration::from_secs(30))?;
@@ -382,14 +335,68 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     })
 }
 
-/// The policies `terrace migrate` and `terrace token` need when the rest of
-/// the configuration does not matter: only the database bounds are read.
-pub fn db_policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
-    let mut only_db = env.0.clone();
-    only_db.retain(|k, _| k.starts_with("TERRACE_DB_") || k == "DATABASE_URL");
-    only_db.insert("TERRACE_JWT_SECRET".into(), "x".repeat(32));
-    only_db.insert("TERRACE_BLOB_URL".into(), "memory://".into());
-    load(&Env(&only_db)).map(|c| c.policies)
+/// Every policy (CONTRACT §2's timeouts, retries, locks, leases and
+/// bounds), from its variables or their defaults: what `serve` runs with,
+/// and the database bounds `terrace migrate` keeps to.
+pub fn policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
+    let maps_timeout = env.duration("TERRACE_MAPS_TIMEOUT", Duration::from_secs(10))?;
+    let llm_idle_timeout = env.duration("TERRACE_LLM_IDLE_TIMEOUT", Duration::from_secs(90))?;
+    let llm_connect_timeout = env.duration("TERRACE_LLM_CONNECT_TIMEOUT", Duration::from_secs(10))?;
+    let area_timeout = env.duration("TERRACE_AREA_TIMEOUT", Duration::from_secs(240))?;
+    let generation_timeout = env.duration("TERRACE_GENERATION_TIMEOUT", Duration::from_secs(300))?;
+    if area_timeout > generation_timeout {
+        return Err(err("TERRACE_AREA_TIMEOUT", "must not exceed TERRACE_GENERATION_TIMEOUT"));
+    }
+    let pool_size = env.number("TERRACE_DB_POOL_SIZE", 10usize, (1, 1000))?;
+    let acquire_timeout = env.duration("TERRACE_DB_ACQUIRE_TIMEOUT", Duration::from_secs(5))?;
+    let connect_timeout = env.duration("TERRACE_DB_CONNECT_TIMEOUT", Duration::from_secs(5))?;
+    let statement_timeout = env.duration("TERRACE_DB_STATEMENT_TIMEOUT", Duration::from_secs(30))?;
+    // `nowait` (or 0): the account lock is taken with NOWAIT, never waited for.
+    let lock = match env.raw("TERRACE_DB_LOCK_WAIT").map(str::trim) {
+        Some("nowait" | "0") => LockPolicy::NoWait,
+        _ => LockPolicy::Timeout(env.duration("TERRACE_DB_LOCK_WAIT", Duration::from_millis(250))?),
+    };
+    let lease_ttl = env.duration("TERRACE_LEASE_TTL", Duration::from_secs(30))?;
+    let heartbeat_interval = env.duration("TERRACE_HEARTBEAT_INTERVAL", lease_ttl / 3)?;
+    if heartbeat_interval >= lease_ttl {
+        return Err(err("TERRACE_HEARTBEAT_INTERVAL", "must be shorter than TERRACE_LEASE_TTL"));
+    }
+    let sweep_interval = env.duration("TERRACE_SWEEP_INTERVAL", Duration::from_secs(5))?;
+    let shutdown_grace = env.duration("TERRACE_SHUTDOWN_GRACE", Duration::from_secs(30))?;
+    let blob_timeout = env.duration("TERRACE_BLOB_TIMEOUT", Duration::from_secs(30))?;
+    let max_running = env.number("TERRACE_MAX_RUNNING", 32usize, (1, 10_000))?;
+    let sweep_batch = env.number("TERRACE_SWEEP_BATCH", 500usize, (1, 100_000))?;
+    let area_concurrency = env.number("TERRACE_AREA_CONCURRENCY", 5usize, (1, 5))?;
+    let max_attempts = env.number("TERRACE_RETRY_MAX_ATTEMPTS", 4u32, (1, 20))?;
+
+    let policies = Policies {
+        maps_timeout,
+        llm_connect_timeout,
+        llm_idle_timeout,
+        area_timeout,
+        generation_timeout,
+        area_concurrency,
+        retry: RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(30),
+        },
+        lock,
+        db: DbPolicy {
+            pool_size,
+            acquire_timeout,
+            connect_timeout,
+            statement_timeout,
+            lock_timeout: Duration::from_secs(5).min(statement_timeout),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+        },
+        lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running, sweep_batch },
+        shutdown_grace,
+        blob_timeout,
+    };
+    policies.validate().map_err(|e| err("TERRACE_*", e.to_string()))?;
+    Ok(policies)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! a running Terrace (`--url`, or `TERRACE_URL`, default
 //! `http://127.0.0.1:8000`; `--token`, or `TERRACE_TOKEN`).
 
-use crate::config::ConfigError;
 use std::path::PathBuf;
+use terrace::ConfigError;
 use terrace_client::cli::{self, CliError};
 use terrace_client::{Client, ClientConfig, WatchOptions};
 use terrace_domain::GenerationStatus;
@@ -12,11 +12,11 @@ use uuid::Uuid;
 /// Where the server is and who is asking.
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// The server's base URL [env: TERRACE_URL; default http://127.0.0.1:8000].
-    #[arg(long)]
-    url: Option<String>,
-    /// A bearer token (`terrace token`, or the demo token dev mode prints) [env: TERRACE_TOKEN].
-    #[arg(long)]
+    /// The server's base URL.
+    #[arg(long, env = "TERRACE_URL", default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// A bearer token (`terrace token`, or the demo token dev mode prints).
+    #[arg(long, env = "TERRACE_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
@@ -32,12 +32,8 @@ pub enum Action {
 /// (or the status/cancel call succeeded), 1 when it ended otherwise or a
 /// call failed, 2 for bad usage.
 pub fn run(target: Target, action: Action) -> i32 {
-    let url = target
-        .url
-        .or_else(|| std::env::var("TERRACE_URL").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8000".into());
-    let Some(token) = target.token.or_else(|| std::env::var("TERRACE_TOKEN").ok()).filter(|t| !t.is_empty())
-    else {
+    let url = target.url;
+    let Some(token) = target.token.filter(|t| !t.is_empty()) else {
         crate::config_exit(&ConfigError {
             var: "TERRACE_TOKEN",
             message: "is required (or --token): dev mode prints a demo token, `terrace token` mints one"

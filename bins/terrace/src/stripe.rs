@@ -1,21 +1,20 @@
-//! Builds the payments adapter (CONTRACT §7): Stripe, or with neither secret
-//! set the Stripe simulator in-process on loopback, sending its webhooks to
-//! this instance.
+//! The payments adapter (CONTRACT §7): Stripe, or with neither secret set the
+//! Stripe simulator in-process on loopback, sending its webhooks to this
+//! instance.
 
 use crate::config::{Config, ConfigError, Stripe};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use terrace_api::BillingConfig;
-use terrace_ports::{Observer, Payments};
+use terrace_ports::{Observer, Payments as PaymentsPort};
 use terrace_stripe::{SecretKey, StripeClient, StripeConfig};
 use terrace_stripe_sim::{MONTHLY_PRICE_ID, StripeSim, StripeSimConfig};
 use tracing::{info, warn};
 
-/// The payments adapter, what the billing routes need, and the simulator
-/// when one runs (shut down with the process).
-pub struct Billing {
-    pub payments: Arc<dyn Payments>,
-    pub config: BillingConfig,
+/// The payments adapter, and the simulator when one runs (shut down with
+/// the instance).
+pub struct Payments {
+    pub adapter: Arc<dyn PaymentsPort>,
     pub simulator: Option<StripeSim>,
 }
 
@@ -29,15 +28,10 @@ pub fn local_url(addr: SocketAddr) -> String {
     }
 }
 
-/// Builds the adapter for this configuration and the bound address.
-pub async fn billing(
-    cfg: &Config,
-    addr: SocketAddr,
-    observer: &Arc<dyn Observer>,
-) -> anyhow::Result<Billing> {
-    let local = local_url(addr);
-    let public_url = cfg.public_url.clone().unwrap_or_else(|| local.clone());
-    let (stripe_config, price, simulator) = match &cfg.stripe {
+/// Builds the adapter, before anything binds: a configuration Stripe's
+/// client refuses is a [`ConfigError`].
+pub async fn payments(cfg: &Config, observer: &Arc<dyn Observer>) -> Result<Payments, crate::AppError> {
+    let (stripe_config, simulator) = match &cfg.stripe {
         Stripe::Real { secret_key, webhook_secret } => (
             StripeConfig::new(
                 cfg.stripe_base_url.clone(),
@@ -45,44 +39,52 @@ pub async fn billing(
                 SecretKey::new(webhook_secret.clone()),
                 cfg.stripe_timeout,
             ),
-            cfg.stripe_price_monthly_pro.clone(),
             None,
         ),
         Stripe::Simulator => {
-            let webhook_url = format!("{local}/v1/webhooks/stripe");
-            let sim = StripeSim::start(StripeSimConfig {
-                webhook_url: Some(webhook_url.clone()),
-                ..StripeSimConfig::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("starting the Stripe simulator: {e}"))?;
-            warn!(
-                url = %sim.base_url(),
-                webhooks_to = %webhook_url,
-                "STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET are unset: the built-in Stripe simulator takes the payments (its Checkout page pays without a card)"
-            );
+            let sim = StripeSim::start(StripeSimConfig::default())
+                .await
+                .map_err(|e| crate::AppError::start("starting the Stripe simulator", e))?;
             let config = StripeConfig::new(
                 sim.base_url(),
                 SecretKey::new(sim.secret_key()),
                 SecretKey::new(sim.webhook_secret()),
                 cfg.stripe_timeout,
             );
-            let price = cfg.stripe_price_monthly_pro.clone().or_else(|| Some(MONTHLY_PRICE_ID.to_owned()));
-            (config, price, Some(sim))
+            (config, Some(sim))
         }
     };
-    let client = StripeClient::new(stripe_config, observer.clone()).unwrap_or_else(|e| {
+    let client = StripeClient::new(stripe_config, observer.clone()).map_err(|e| {
+        use terrace_stripe::ConfigError as E;
         let var = match &e {
-            terrace_stripe::ConfigError::InvalidBaseUrl => "TERRACE_STRIPE_BASE_URL",
-            terrace_stripe::ConfigError::EmptyKey { which: "webhook_secret" }
-            | terrace_stripe::ConfigError::InvalidKey { which: "webhook_secret" } => "STRIPE_WEBHOOK_SECRET",
-            terrace_stripe::ConfigError::EmptyKey { .. } | terrace_stripe::ConfigError::InvalidKey { .. } => {
-                "STRIPE_SECRET_KEY"
+            E::InvalidBaseUrl => "TERRACE_STRIPE_BASE_URL",
+            E::EmptyKey { which: "webhook_secret" } | E::InvalidKey { which: "webhook_secret" } => {
+                "STRIPE_WEBHOOK_SECRET"
             }
+            E::EmptyKey { .. } | E::InvalidKey { .. } => "STRIPE_SECRET_KEY",
             _ => "TERRACE_STRIPE_TIMEOUT",
         };
-        crate::config_exit(&ConfigError { var, message: e.to_string() })
-    });
+        crate::AppError::Config(ConfigError { var, message: e.to_string() })
+    })?;
+    Ok(Payments { adapter: Arc::new(client), simulator })
+}
+
+/// What the billing routes need, once the address is bound; points the
+/// simulator's webhooks at it.
+pub fn billing_config(cfg: &Config, addr: SocketAddr, payments: &Payments) -> BillingConfig {
+    let local = local_url(addr);
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| local.clone());
+    let mut price = cfg.stripe_price_monthly_pro.clone();
+    if let Some(sim) = &payments.simulator {
+        let webhook_url = format!("{local}/v1/webhooks/stripe");
+        sim.set_webhook_url(Some(webhook_url.clone()));
+        warn!(
+            url = %sim.base_url(),
+            webhooks_to = %webhook_url,
+            "STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET are unset: the built-in Stripe simulator takes the payments (its Checkout page pays without a card)"
+        );
+        price = price.or_else(|| Some(MONTHLY_PRICE_ID.to_owned()));
+    }
     match &price {
         Some(p) => {
             info!(public_url = %public_url, monthly_pro_price = %p, "billing ready: packages and the monthly plan")
@@ -92,9 +94,5 @@ pub async fn billing(
             "billing ready: packages only (TERRACE_STRIPE_PRICE_MONTHLY_PRO is unset, so no plan is offered)"
         ),
     }
-    Ok(Billing {
-        payments: Arc::new(client),
-        config: BillingConfig { monthly_pro_price: price, public_url },
-        simulator,
-    })
+    BillingConfig { monthly_pro_price: price, public_url }
 }

@@ -6,6 +6,7 @@
 mod auth;
 mod billing;
 mod config;
+mod embed;
 mod faults;
 mod flows;
 mod front;
