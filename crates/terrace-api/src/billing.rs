@@ -203,21 +203,21 @@ fn session_created(user: UserId, session: terrace_ports::CheckoutSession) -> Res
     json(StatusCode::CREATED, &SessionView { session_id: session.id, checkout_url: session.url })
 }
 
-pub async fn packages(State(s): State<AppState>) -> Response {
+/// Every package, and the plan when it is on offer.
+fn catalogue(plan: Option<Plan>) -> Catalogue {
     let packages = PACKAGES
         .iter()
         .map(|p| PackageView { id: p.id, tokens: p.tokens, price_cents: p.price_cents, currency: CURRENCY })
         .collect();
-    let plans = offered(&s)
-        .map(|(p, _)| PlanView {
-            id: p.id,
-            price_cents: p.price_cents,
-            currency: CURRENCY,
-            interval: p.interval,
-        })
+    let plans = plan
+        .map(|p| PlanView { id: p.id, price_cents: p.price_cents, currency: CURRENCY, interval: p.interval })
         .into_iter()
         .collect();
-    json(StatusCode::OK, &Catalogue { packages, plans })
+    Catalogue { packages, plans }
+}
+
+pub async fn packages(State(s): State<AppState>) -> Response {
+    json(StatusCode::OK, &catalogue(offered(&s).map(|(p, _)| p)))
 }
 
 pub async fn checkout(
@@ -500,6 +500,50 @@ mod tests {
             user_id: None,
             plan_id: None,
         })
+    }
+
+    /// The bytes the billing routes send, field order included.
+    #[test]
+    fn the_billing_views_are_pinned() {
+        assert_eq!(
+            to(&catalogue(Some(MONTHLY_PRO))),
+            concat!(
+                r#"{"packages":[{"id":"package_10","tokens":10,"price_cents":1000,"currency":"usd"},"#,
+                r#"{"id":"package_50","tokens":50,"price_cents":4500,"currency":"usd"},"#,
+                r#"{"id":"package_100","tokens":100,"price_cents":9000,"currency":"usd"},"#,
+                r#"{"id":"package_500","tokens":500,"price_cents":40000,"currency":"usd"}],"#,
+                r#""plans":[{"id":"monthly_pro","price_cents":9900,"currency":"usd","interval":"month"}]}"#
+            )
+        );
+        assert!(to(&catalogue(None)).ends_with(r#""plans":[]}"#));
+        let sub = Subscription {
+            plan: Some("monthly_pro".into()),
+            status: SubscriptionStatus::PastDue,
+            current_period_end: chrono::DateTime::from_timestamp(2_000_000_000, 250_000_000),
+            cancel_at_period_end: false,
+            ..Subscription::default()
+        };
+        assert_eq!(
+            to(&SubscriptionView::of(&sub)),
+            r#"{"plan":"monthly_pro","status":"past_due","current_period_end":"2033-05-18T03:33:20Z","cancel_at_period_end":false}"#
+        );
+        assert_eq!(
+            to(&SubscriptionView::of(&Subscription::default())),
+            r#"{"plan":null,"status":"none","current_period_end":null,"cancel_at_period_end":false}"#
+        );
+        assert_eq!(
+            to(&SessionView { session_id: "cs_1".into(), checkout_url: "https://pay/cs_1".into() }),
+            r#"{"session_id":"cs_1","checkout_url":"https://pay/cs_1"}"#
+        );
+        assert_eq!(to(&PortalView { url: "https://portal/1".into() }), r#"{"url":"https://portal/1"}"#);
+        assert_eq!(
+            to(&Received { received: true, outcome: "duplicate" }),
+            r#"{"received":true,"outcome":"duplicate"}"#
+        );
+    }
+
+    fn to<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap()
     }
 
     #[test]

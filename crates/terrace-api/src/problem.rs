@@ -246,3 +246,34 @@ impl IntoResponse for Problem {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of a problem document, field order included.
+    #[test]
+    fn a_problem_document_is_pinned() {
+        let p = Problem::validation(vec![
+            FieldError { field: "address".into(), message: "must be 5 to 200 characters".into() },
+            FieldError { field: "areas[0].style".into(), message: "must be one of: a, b".into() },
+        ]);
+        assert_eq!(
+            String::from_utf8(p.to_json(Some("r-1"))).unwrap(),
+            concat!(
+                r#"{"type":"/problems/validation_failed","title":"Bad Request","status":400,"#,
+                r#""detail":"2 fields are invalid","code":"validation_failed","request_id":"r-1","#,
+                r#""errors":[{"field":"address","message":"must be 5 to 200 characters"},"#,
+                r#"{"field":"areas[0].style","message":"must be one of: a, b"}]}"#
+            )
+        );
+        assert_eq!(
+            String::from_utf8(Problem::account_busy().to_json(None)).unwrap(),
+            concat!(
+                r#"{"type":"/problems/account_busy","title":"Conflict","status":409,"#,
+                r#""detail":"the account is busy with another request; retry","code":"account_busy","#,
+                r#""request_id":null}"#
+            )
+        );
+    }
+}
