@@ -371,7 +371,9 @@ impl Store {
                 warn!(
                     "dev mode: DATABASE_URL is unset; generations and credits live in memory and die with the process"
                 );
-                Ok(Store::Memory(terrace_memory::MemoryStore::with_observer(clock.clone(), observer.clone())))
+                let store = terrace_memory::MemoryStore::with_observer(clock.clone(), observer.clone())
+                    .with_idempotency_ttl(cfg.policies.idempotency_ttl);
+                Ok(Store::Memory(store))
             }
         }
     }

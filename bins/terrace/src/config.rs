@@ -369,6 +369,12 @@ pub fn policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
     let area_concurrency = env.number("TERRACE_AREA_CONCURRENCY", 5usize, (1, 5))?;
     let max_attempts = env.number("TERRACE_RETRY_MAX_ATTEMPTS", 4u32, (1, 20))?;
 
+    let retry = RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(8),
+        max_retry_after: Duration::from_secs(30),
+    };
     let policies = Policies {
         maps_timeout,
         llm_connect_timeout,
@@ -376,12 +382,7 @@ pub fn policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
         area_timeout,
         generation_timeout,
         area_concurrency,
-        retry: RetryPolicy {
-            max_attempts,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(8),
-            max_retry_after: Duration::from_secs(30),
-        },
+        retry: retry.clone(),
         lock,
         db: DbPolicy {
             pool_size,
@@ -394,6 +395,9 @@ pub fn policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
         lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running, sweep_batch },
         shutdown_grace,
         blob_timeout,
+        // The same backoff; attempts bounded only by the write's deadline.
+        settle_retry: RetryPolicy { max_attempts: u32::MAX, ..retry.clone() },
+        idempotency_ttl: terrace_domain::policy::IDEMPOTENCY_TTL,
     };
     policies.validate().map_err(|e| err("TERRACE_*", e.to_string()))?;
     Ok(policies)

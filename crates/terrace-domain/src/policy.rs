@@ -29,7 +29,17 @@ pub struct Policies {
     pub shutdown_grace: Duration,
     /// Storing one image in the blob store.
     pub blob_timeout: Duration,
+    /// The writes that resolve holds (capture, void, finish): retried with
+    /// this backoff for as long as their deadline allows, so attempts are
+    /// normally unbounded (`u32::MAX`) and time is the bound.
+    pub settle_retry: RetryPolicy,
+    /// How long an `Idempotency-Key` is honoured (CONTRACT §4:
+    /// [`IDEMPOTENCY_TTL`]).
+    pub idempotency_ttl: Duration,
 }
+
+/// The contract's idempotency window: 24 h.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Retries with jittered exponential backoff.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,12 +148,14 @@ impl Policies {
             ("lease.sweep_interval", self.lease.sweep_interval),
             ("blob_timeout", self.blob_timeout),
             ("retry.initial_backoff", self.retry.initial_backoff),
+            ("settle_retry.initial_backoff", self.settle_retry.initial_backoff),
+            ("idempotency_ttl", self.idempotency_ttl),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, d)| d.is_zero()) {
             return Err(PolicyError(format!("{name} must be greater than zero")));
         }
-        if self.retry.max_attempts == 0 {
-            return Err(PolicyError("retry.max_attempts must be at least 1".into()));
+        if self.retry.max_attempts == 0 || self.settle_retry.max_attempts == 0 {
+            return Err(PolicyError("a retry policy needs at least 1 attempt".into()));
         }
         if self.area_concurrency == 0
             || self.db.pool_size == 0

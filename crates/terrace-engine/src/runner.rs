@@ -18,7 +18,7 @@ use terrace_domain::rules::Resolution;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     Area, Classify, DesignError, ErrorCode, Failure, Generation, GeocodeError, Geocoded, HoldState,
-    ImageryError, LatLng, Policies, RetryPolicy, StoreError, TimeoutKind, UpstreamError,
+    ImageryError, LatLng, Policies, StoreError, TimeoutKind, UpstreamError,
 };
 use terrace_ports::{DesignEvent, DesignRequest, Finished, Image, Lease, SourceKind, Upstream, blob_key};
 use tokio::sync::OnceCell;
@@ -267,9 +267,8 @@ impl Run<'_> {
     {
         let until = deadline.max(Instant::now()) + self.call_limit();
         // A write that settles a hold is worth every try the time allows (a
-        // database restart takes seconds): attempts are bounded by time only.
-        let policy = RetryPolicy { max_attempts: u32::MAX, ..self.policies.retry.clone() };
-        with_retry(&policy, until, what, |_| bounded(self.call_limit(), what, op())).await
+        // database restart takes seconds): `settle_retry` is bounded by time.
+        with_retry(&self.policies.settle_retry, until, what, |_| bounded(self.call_limit(), what, op())).await
     }
 
     async fn advance(&self, area: &Area, stage: AreaStage, progress: u8) -> Result<(), AreaFail> {
@@ -422,8 +421,7 @@ impl Run<'_> {
         let store = &self.ports.store;
         // The final write gets a few calls' worth of time, every try it allows.
         let until = Instant::now() + self.call_limit() * 3;
-        let policy = RetryPolicy { max_attempts: u32::MAX, ..self.policies.retry.clone() };
-        let r = with_retry(&policy, until, "finish", |_| {
+        let r = with_retry(&self.policies.settle_retry, until, "finish", |_| {
             bounded(self.call_limit(), "finish", store.finish(self.lease, status, &failure))
         })
         .await;

@@ -36,8 +36,6 @@ use terrace_ports::{
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-const IDEMPOTENCY_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
-
 /// A wall clock that advances with tokio's clock: paused in tests that pause
 /// time, real otherwise.
 #[derive(Debug, Clone)]
@@ -286,6 +284,8 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<Notification>,
     observer: Arc<dyn Observer>,
+    /// How long an `Idempotency-Key` is honoured.
+    idempotency_ttl: chrono::TimeDelta,
 }
 
 impl MemoryStore {
@@ -293,12 +293,20 @@ impl MemoryStore {
         Self::with_observer(clock, Arc::new(NoopObserver))
     }
 
+    /// Keys are honoured for `ttl` instead of the contract's 24 h
+    /// (`Policies::idempotency_ttl`).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = delta(ttl);
+        self
+    }
+
     /// A store that reports the voids it makes itself (a user's cancel, the
     /// sweep of overdue work), as the Postgres store does; the engine
     /// reports the voids of the writes it makes.
     pub fn with_observer(clock: Arc<dyn Clock>, observer: Arc<dyn Observer>) -> Self {
         let (events, _) = broadcast::channel(4096);
-        Self { state: Arc::default(), clock, events, observer }
+        let idempotency_ttl = delta(terrace_domain::policy::IDEMPOTENCY_TTL);
+        Self { state: Arc::default(), clock, events, observer, idempotency_ttl }
     }
 
     fn report_voids(&self, resolved: &[Resolution]) {
@@ -394,7 +402,7 @@ impl GenerationStore for MemoryStore {
                 Idempotency {
                     request_hash: claim.request_hash,
                     generation_id: new.id,
-                    expires_at: now + IDEMPOTENCY_TTL,
+                    expires_at: now + self.idempotency_ttl,
                 },
             );
         }

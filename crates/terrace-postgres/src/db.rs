@@ -54,6 +54,8 @@ pub(crate) struct Db {
     pub(crate) pool: Pool,
     pub(crate) policy: DbPolicy,
     pub(crate) lock: LockPolicy,
+    /// How long an `Idempotency-Key` is honoured.
+    pub(crate) idempotency_ttl: Duration,
     /// The longest a call's body may run once it has a connection.
     pub(crate) deadline: Duration,
     acquire_timeouts: AtomicU64,
@@ -81,7 +83,15 @@ impl Db {
             .build()
             .map_err(|e| StoreError::Internal { detail: format!("building the pool: {e}") })?;
         let deadline = db.statement_timeout + CLIENT_SLACK;
-        Ok(Db { pool, policy: db, lock: policies.lock, deadline, acquire_timeouts: AtomicU64::new(0), tasks })
+        Ok(Db {
+            pool,
+            policy: db,
+            lock: policies.lock,
+            idempotency_ttl: policies.idempotency_ttl,
+            deadline,
+            acquire_timeouts: AtomicU64::new(0),
+            tasks,
+        })
     }
 
     /// A connection from the pool, within the acquire timeout (plus the

@@ -21,9 +21,6 @@ use terrace_ports::{
 };
 use uuid::Uuid;
 
-/// How long an idempotency key is honoured.
-const IDEMPOTENCY_TTL_SECS: f64 = 24.0 * 3600.0;
-
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -317,6 +314,7 @@ impl GenerationStore for PgStore {
         idempotency: Option<IdempotencyClaim>,
     ) -> Result<CreateOutcome, CreateError> {
         let lock = self.db().lock;
+        let ttl = secs(self.db().idempotency_ttl);
         let new = &new;
         let idempotency = idempotency.as_ref();
         self.db()
@@ -410,7 +408,7 @@ impl GenerationStore for PgStore {
                                 &claim.key.as_str(),
                                 &claim.request_hash,
                                 &new.id.0,
-                                &IDEMPOTENCY_TTL_SECS,
+                                &ttl,
                             ],
                         )
                         .await

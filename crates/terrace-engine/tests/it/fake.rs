@@ -55,6 +55,13 @@ pub fn policies() -> Policies {
         },
         shutdown_grace: Duration::from_secs(30),
         blob_timeout: Duration::from_secs(10),
+        settle_retry: RetryPolicy {
+            max_attempts: u32::MAX,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+        },
+        idempotency_ttl: terrace_domain::policy::IDEMPOTENCY_TTL,
     }
 }
 
