@@ -27,10 +27,10 @@ async fn sweep_once(store: &dyn GenerationStore, call_limit: Duration, batch: us
     }
 }
 
-/// The sweep alone, for an instance that runs no [`Engine`] (role `api`):
-/// every instance, whatever its role, ends overdue work (CONTRACT §5), so a
-/// hold never outlives its deadline for want of a worker. An [`Engine`]
-/// sweeps on its own; run one or the other.
+/// The sweep: every instance, whatever its role, ends overdue work
+/// (CONTRACT §5), so a hold never outlives its deadline for want of a
+/// worker. An [`Engine`] runs one of its own; an instance that runs no
+/// engine (role `api`) starts one alone.
 #[derive(Debug, Clone)]
 pub struct Sweeper {
     supervisor: Supervisor,
@@ -82,21 +82,25 @@ struct Inner {
     policies: Policies,
     owner: WorkerId,
     supervisor: Supervisor,
+    sweeper: Sweeper,
     wake: Notify,
     stop_loops: CancellationToken,
 }
 
 impl Engine {
     /// Starts the worker's loops: claim (on [`Engine::wake`], on a `Created`
-    /// notification, and every sweep interval), heartbeat (one store call
-    /// per interval for all of this instance's leases), sweep (end overdue
-    /// work), and cancellation delivery. Must be called inside a tokio runtime.
+    /// notification, and every sweep interval, for work whose lease ran
+    /// out), heartbeat (one store call per interval for all of this
+    /// instance's leases), cancellation delivery, and its [`Sweeper`] (end
+    /// overdue work). Must be called inside a tokio runtime.
     pub fn start(ports: Ports, policies: Policies, owner: WorkerId) -> Engine {
+        let sweeper = Sweeper::start(ports.store.clone(), &policies);
         let inner = Arc::new(Inner {
             ports,
             policies,
             owner,
             supervisor: Supervisor::new(),
+            sweeper,
             wake: Notify::new(),
             stop_loops: CancellationToken::new(),
         });
@@ -124,9 +128,10 @@ impl Engine {
         self.inner.supervisor.count()
     }
 
-    /// Every task alive, the worker's own loops included (0 after shutdown).
+    /// Every task alive, the worker's own loops and its sweeper's included
+    /// (0 after shutdown).
     pub fn tracked_tasks(&self) -> usize {
-        self.inner.supervisor.tracked()
+        self.inner.supervisor.tracked() + self.inner.sweeper.tracked_tasks()
     }
 
     /// Stops a generation running here (the store has recorded the user's
@@ -139,7 +144,8 @@ impl Engine {
     /// and waits at most `grace` for them.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.inner.stop_loops.cancel();
-        let report = self.inner.supervisor.shutdown(grace).await;
+        let (report, _) =
+            tokio::join!(self.inner.supervisor.shutdown(grace), self.inner.sweeper.shutdown(grace));
         info!(stopped = report.stopped, drained = report.drained, "worker stopped");
         report
     }
@@ -192,10 +198,6 @@ impl Engine {
         }
     }
 
-    async fn sweep(&self) {
-        sweep_once(&*self.inner.ports.store, self.call_limit(), self.inner.policies.lease.sweep_batch).await;
-    }
-
     async fn claim_loop(self) {
         let stop = self.inner.stop_loops.clone();
         let mut tick = interval(self.inner.policies.lease.sweep_interval);
@@ -204,7 +206,7 @@ impl Engine {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.inner.wake.notified() => {}
-                _ = tick.tick() => self.sweep().await,
+                _ = tick.tick() => {}
             }
             self.claim_available().await;
         }
