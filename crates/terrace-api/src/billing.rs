@@ -3,15 +3,13 @@
 //! webhook. The webhook is the only thing that credits tokens or changes a
 //! subscription; these routes only ask Stripe and show what the ledger holds.
 
-use crate::AppState;
 use crate::problem::{FieldError, Problem};
 use crate::routes::{Authed, idempotency_key, json, json_body};
+use crate::{AppState, views};
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
-use chrono::SecondsFormat;
 use http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize};
 use terrace_domain::billing::{
     BillingChange, BillingEvent, CURRENCY, EventOrder, MONTHLY_PRO, PACKAGES, Package, Plan, Subscription,
     SubscriptionChange, SubscriptionStatus,
@@ -21,110 +19,14 @@ use terrace_ports::{
     CancelAt, CheckoutMode, PackageCheckout, PackagePrice, PaymentEvent, PaymentEventKind, PaymentStatus,
     Payments, PaymentsError, SubscriptionAction, SubscriptionCheckout, WebhookError,
 };
+use terrace_wire::{
+    CancelSubscriptionRequest, CheckoutRequest, CheckoutSession, PortalSession, SubscribeRequest,
+    WebhookReceipt,
+};
 
 /// Webhook bodies may be larger than API requests (Stripe's events carry
 /// whole objects).
 pub const WEBHOOK_BODY_LIMIT: usize = 256 * 1024;
-
-#[derive(Serialize)]
-struct PackageView {
-    id: &'static str,
-    tokens: u64,
-    price_cents: u64,
-    currency: &'static str,
-}
-
-#[derive(Serialize)]
-struct PlanView {
-    id: &'static str,
-    price_cents: u64,
-    currency: &'static str,
-    interval: &'static str,
-}
-
-#[derive(Serialize)]
-struct Catalogue {
-    packages: Vec<PackageView>,
-    plans: Vec<PlanView>,
-}
-
-/// `GET /v1/billing/subscription`, and the answer of a cancel.
-#[derive(Debug, Serialize)]
-pub(crate) struct SubscriptionView {
-    plan: Option<String>,
-    status: &'static str,
-    current_period_end: Option<String>,
-    cancel_at_period_end: bool,
-}
-
-impl SubscriptionView {
-    pub(crate) fn of(s: &Subscription) -> Self {
-        Self {
-            plan: s.plan.clone(),
-            status: s.status.as_str(),
-            current_period_end: s.current_period_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
-            cancel_at_period_end: s.cancel_at_period_end,
-        }
-    }
-}
-
-/// `GET /v1/account`'s `subscription`: `null` for a user who never subscribed.
-#[derive(Debug, Serialize)]
-pub(crate) struct SubscriptionSummary {
-    plan: Option<String>,
-    status: &'static str,
-    current_period_end: Option<String>,
-}
-
-impl SubscriptionSummary {
-    pub(crate) fn of(s: &Subscription) -> Option<Self> {
-        (s.status != SubscriptionStatus::None || s.plan.is_some()).then(|| Self {
-            plan: s.plan.clone(),
-            status: s.status.as_str(),
-            current_period_end: s.current_period_end.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
-        })
-    }
-}
-
-#[derive(Serialize)]
-struct SessionView {
-    session_id: String,
-    checkout_url: String,
-}
-
-#[derive(Serialize)]
-struct PortalView {
-    url: String,
-}
-
-#[derive(Serialize)]
-struct Received {
-    received: bool,
-    outcome: &'static str,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCheckout {
-    package_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSubscribe {
-    plan_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCancel {
-    #[serde(default = "yes")]
-    at_period_end: bool,
-}
-
-fn yes() -> bool {
-    true
-}
 
 /// The plan on offer: only when its Stripe price is configured.
 fn offered(s: &AppState) -> Option<(Plan, String)> {
@@ -200,24 +102,11 @@ async fn subscription_of(s: &AppState, user: UserId) -> Result<Subscription, Pro
 
 fn session_created(user: UserId, session: terrace_ports::CheckoutSession) -> Response {
     tracing::info!(%user, session_id = %session.id, "checkout session created");
-    json(StatusCode::CREATED, &SessionView { session_id: session.id, checkout_url: session.url })
-}
-
-/// Every package, and the plan when it is on offer.
-fn catalogue(plan: Option<Plan>) -> Catalogue {
-    let packages = PACKAGES
-        .iter()
-        .map(|p| PackageView { id: p.id, tokens: p.tokens, price_cents: p.price_cents, currency: CURRENCY })
-        .collect();
-    let plans = plan
-        .map(|p| PlanView { id: p.id, price_cents: p.price_cents, currency: CURRENCY, interval: p.interval })
-        .into_iter()
-        .collect();
-    Catalogue { packages, plans }
+    json(StatusCode::CREATED, &CheckoutSession { session_id: session.id, checkout_url: session.url })
 }
 
 pub async fn packages(State(s): State<AppState>) -> Response {
-    json(StatusCode::OK, &catalogue(offered(&s).map(|(p, _)| p)))
+    json(StatusCode::OK, &views::catalogue(offered(&s).map(|(p, _)| p)))
 }
 
 pub async fn checkout(
@@ -226,7 +115,7 @@ pub async fn checkout(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let raw: RawCheckout = json_body(&s, &headers, body).await?;
+    let raw: CheckoutRequest = json_body(&s, &headers, body).await?;
     let package = Package::find(&raw.package_id).ok_or_else(|| {
         let ids: Vec<_> = PACKAGES.iter().map(|p| p.id).collect();
         Problem::validation(vec![FieldError {
@@ -259,7 +148,7 @@ pub async fn subscribe(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let raw: RawSubscribe = json_body(&s, &headers, body).await?;
+    let raw: SubscribeRequest = json_body(&s, &headers, body).await?;
     let (plan, price_id) = offered(&s).filter(|(p, _)| p.id == raw.plan_id).ok_or_else(|| {
         let on_offer =
             offered(&s).map_or("no plan is offered".to_owned(), |(p, _)| format!("must be {}", p.id));
@@ -289,7 +178,7 @@ pub async fn subscribe(
 }
 
 pub async fn subscription(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
-    Ok(json(StatusCode::OK, &SubscriptionView::of(&subscription_of(&s, c.user).await?)))
+    Ok(json(StatusCode::OK, &views::subscription(&subscription_of(&s, c.user).await?)))
 }
 
 pub async fn cancel_subscription(
@@ -298,7 +187,7 @@ pub async fn cancel_subscription(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let raw: RawCancel = json_body(&s, &headers, body).await?;
+    let raw: CancelSubscriptionRequest = json_body(&s, &headers, body).await?;
     let mut sub = subscription_of(&s, c.user).await?;
     let Some(id) = sub.subscription_id.clone().filter(|_| sub.cancellable()) else {
         return Err(Problem::new(
@@ -317,7 +206,7 @@ pub async fn cancel_subscription(
     } else {
         sub.status = SubscriptionStatus::Cancelled;
     }
-    Ok(json(StatusCode::OK, &SubscriptionView::of(&sub)))
+    Ok(json(StatusCode::OK, &views::subscription(&sub)))
 }
 
 pub async fn portal(
@@ -337,7 +226,7 @@ pub async fn portal(
         .portal_session(&customer, &public(&s, "/"), &key)
         .await
         .map_err(|e| from_payments(&e))?;
-    Ok(json(StatusCode::CREATED, &PortalView { url: session.url }))
+    Ok(json(StatusCode::CREATED, &PortalSession { url: session.url }))
 }
 
 /// `POST /v1/webhooks/stripe`: the signature is checked before anything is
@@ -364,14 +253,14 @@ pub async fn webhook(State(s): State<AppState>, headers: HeaderMap, body: Body) 
             // is not sent forever, and logged for an operator.
             tracing::error!(%why, "a signed webhook could not be read; acknowledged and ignored");
             metrics.webhook("unknown", "ignored");
-            return Ok(json(StatusCode::OK, &Received { received: true, outcome: "ignored" }));
+            return Ok(json(StatusCode::OK, &receipt("ignored")));
         }
     };
     match s.bounded(s.0.billing.apply_event(&event, s.0.cfg.trial_credits), Problem::from_ledger).await {
         Ok(outcome) => {
             tracing::info!(event_id = %event.id, event_type = %event.kind, outcome = outcome.as_str(), "webhook");
             metrics.webhook(&event.kind, outcome.as_str());
-            Ok(json(StatusCode::OK, &Received { received: true, outcome: outcome.as_str() }))
+            Ok(json(StatusCode::OK, &receipt(outcome.as_str())))
         }
         Err(p) => {
             tracing::error!(event_id = %event.id, event_type = %event.kind, code = p.code, "webhook not applied; Stripe will deliver it again");
@@ -381,6 +270,10 @@ pub async fn webhook(State(s): State<AppState>, headers: HeaderMap, body: Body) 
             Err(Problem { status, ..p })
         }
     }
+}
+
+fn receipt(outcome: &str) -> WebhookReceipt {
+    WebhookReceipt { received: true, outcome: outcome.to_owned() }
 }
 
 /// A user id as Terrace sent it (canonical form only).
@@ -506,7 +399,7 @@ mod tests {
     #[test]
     fn the_billing_views_are_pinned() {
         assert_eq!(
-            to(&catalogue(Some(MONTHLY_PRO))),
+            to(&views::catalogue(Some(MONTHLY_PRO))),
             concat!(
                 r#"{"packages":[{"id":"package_10","tokens":10,"price_cents":1000,"currency":"usd"},"#,
                 r#"{"id":"package_50","tokens":50,"price_cents":4500,"currency":"usd"},"#,
@@ -515,7 +408,7 @@ mod tests {
                 r#""plans":[{"id":"monthly_pro","price_cents":9900,"currency":"usd","interval":"month"}]}"#
             )
         );
-        assert!(to(&catalogue(None)).ends_with(r#""plans":[]}"#));
+        assert!(to(&views::catalogue(None)).ends_with(r#""plans":[]}"#));
         let sub = Subscription {
             plan: Some("monthly_pro".into()),
             status: SubscriptionStatus::PastDue,
@@ -524,25 +417,22 @@ mod tests {
             ..Subscription::default()
         };
         assert_eq!(
-            to(&SubscriptionView::of(&sub)),
+            to(&views::subscription(&sub)),
             r#"{"plan":"monthly_pro","status":"past_due","current_period_end":"2033-05-18T03:33:20Z","cancel_at_period_end":false}"#
         );
         assert_eq!(
-            to(&SubscriptionView::of(&Subscription::default())),
+            to(&views::subscription(&Subscription::default())),
             r#"{"plan":null,"status":"none","current_period_end":null,"cancel_at_period_end":false}"#
         );
         assert_eq!(
-            to(&SessionView { session_id: "cs_1".into(), checkout_url: "https://pay/cs_1".into() }),
+            to(&CheckoutSession { session_id: "cs_1".into(), checkout_url: "https://pay/cs_1".into() }),
             r#"{"session_id":"cs_1","checkout_url":"https://pay/cs_1"}"#
         );
-        assert_eq!(to(&PortalView { url: "https://portal/1".into() }), r#"{"url":"https://portal/1"}"#);
-        assert_eq!(
-            to(&Received { received: true, outcome: "duplicate" }),
-            r#"{"received":true,"outcome":"duplicate"}"#
-        );
+        assert_eq!(to(&PortalSession { url: "https://portal/1".into() }), r#"{"url":"https://portal/1"}"#);
+        assert_eq!(to(&receipt("duplicate")), r#"{"received":true,"outcome":"duplicate"}"#);
     }
 
-    fn to<T: Serialize>(v: &T) -> String {
+    fn to<T: serde::Serialize>(v: &T) -> String {
         serde_json::to_string(v).unwrap()
     }
 

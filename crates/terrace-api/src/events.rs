@@ -8,7 +8,7 @@
 
 use crate::AppState;
 use crate::edge::Capacity;
-use crate::views::GenerationView;
+use crate::views;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -60,7 +60,7 @@ impl Watch {
             return None;
         }
         if let Some(g) = self.first.take() {
-            return Some(self.emit(GenerationView::json(&g), g.status.is_terminal()));
+            return Some(self.emit(views::generation_json(&g), g.status.is_terminal()));
         }
         loop {
             let refresh = tokio::select! {
@@ -81,7 +81,7 @@ impl Watch {
                 tokio::time::timeout(self.state.0.cfg.store_timeout, self.state.0.store.get(self.id)).await;
             match read {
                 Ok(Ok(Some(g))) => {
-                    let json = GenerationView::json(&g);
+                    let json = views::generation_json(&g);
                     if self.last.as_deref() != Some(json.as_str()) {
                         return Some(self.emit(json, g.status.is_terminal()));
                     }

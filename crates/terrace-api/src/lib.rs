@@ -30,7 +30,7 @@ pub use metrics::{GENERATION_BUCKETS, Metrics, UPSTREAM_BUCKETS};
 pub use problem::{FieldError, Problem};
 pub use server::{Drained, ServeOptions, serve};
 pub use terrace_web::WebConfig;
-pub use views::TaskView;
+pub use terrace_wire::TaskView;
 
 use axum::Router;
 use axum::routing::{get, post};

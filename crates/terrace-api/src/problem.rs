@@ -4,7 +4,6 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use serde::Serialize;
 use terrace_domain::{BlobError, CreateError, InvalidInput, LedgerError, StoreError};
 
 tokio::task_local! {
@@ -18,17 +17,11 @@ pub(crate) fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-/// One field a request got wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+pub use terrace_wire::FieldError;
 
-impl From<InvalidInput> for FieldError {
-    fn from(e: InvalidInput) -> Self {
-        Self { field: e.field, message: e.message }
-    }
+/// A rejected input as the field error it answers with.
+pub fn field_error(e: InvalidInput) -> FieldError {
+    FieldError { field: e.field, message: e.message }
 }
 
 /// An error answer.
@@ -39,19 +32,6 @@ pub struct Problem {
     pub detail: String,
     pub errors: Option<Vec<FieldError>>,
     pub retry_after: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
-    request_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
 }
 
 impl Problem {
@@ -218,14 +198,14 @@ impl Problem {
 impl Problem {
     /// The problem document, naming `request_id`.
     pub(crate) fn to_json(&self, request_id: Option<&str>) -> Vec<u8> {
-        let body = Body {
+        let body = terrace_wire::Problem {
             kind: format!("/problems/{}", self.code),
-            title: self.status.canonical_reason().unwrap_or("Error"),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            code: self.code,
+            detail: self.detail.clone(),
+            code: self.code.to_owned(),
             request_id: request_id.map(str::to_owned),
-            errors: self.errors.as_deref(),
+            errors: self.errors.clone(),
         };
         serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
     }

@@ -1,18 +1,17 @@
 //! The handlers of CONTRACT §4.
 
 use crate::auth::Caller;
-use crate::problem::{FieldError, Problem};
-use crate::views::{AccountView, GenerationView, PageView, TransactionView, generation_path};
+use crate::problem::{FieldError, Problem, field_error};
+use crate::views::{self, generation_path};
 use crate::{AppState, events};
 use axum::body::Body;
 use axum::extract::{Extension, FromRequestParts, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use terrace_domain::input::RawGenerationRequest;
+use terrace_domain::input::{RawAreaRequest, RawGenerationRequest};
 use terrace_domain::{
     AreaKind, AreaStatus, CreditReference, Generation, GenerationId, GenerationRequest, GenerationStatus,
     GrantAmount, IdempotencyKey, RequestId, UserId,
@@ -20,6 +19,7 @@ use terrace_domain::{
 use terrace_ports::{
     CancelOutcome, CreateOutcome, IdempotencyClaim, ListQuery, NewGeneration, SourceKind, blob_key,
 };
+use terrace_wire::{CreateRequest, GrantRequest, Page};
 
 /// A JSON answer.
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -253,7 +253,7 @@ fn query_cursor(pairs: &[(String, String)], errors: &mut Vec<FieldError>) -> Opt
 pub async fn account(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
     let a = s.bounded(s.0.ledger.open_account(c.user, s.0.cfg.trial_credits), Problem::from_ledger).await?;
     let sub = s.bounded(s.0.billing.subscription(c.user), Problem::from_ledger).await?;
-    Ok(json(StatusCode::OK, &AccountView::of(&a, &sub)))
+    Ok(json(StatusCode::OK, &views::account(&a, &sub)))
 }
 
 pub async fn transactions(
@@ -269,10 +269,8 @@ pub async fn transactions(
         return Err(Problem::validation(errors));
     }
     let page = s.bounded(s.0.ledger.transactions(c.user, limit, cursor), Problem::from_ledger).await?;
-    let view = PageView {
-        items: page.items.iter().map(TransactionView::of).collect(),
-        next_cursor: page.next_cursor,
-    };
+    let view =
+        Page { items: page.items.iter().map(views::transaction).collect(), next_cursor: page.next_cursor };
     Ok(json(StatusCode::OK, &view))
 }
 
@@ -283,7 +281,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyK
     let parsed = v.to_str().ok().map(IdempotencyKey::parse);
     match parsed {
         Some(Ok(k)) => Ok(Some(k)),
-        Some(Err(e)) => Err(Problem::validation(vec![e.into()])),
+        Some(Err(e)) => Err(Problem::validation(vec![field_error(e)])),
         None => Err(Problem::validation(vec![FieldError {
             field: "Idempotency-Key".into(),
             message: "must be 1 to 255 visible ASCII characters".into(),
@@ -293,11 +291,28 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyK
 
 /// 202 with the generation and its `Location`.
 fn created(g: &Generation) -> Response {
-    let mut res = json_response(StatusCode::ACCEPTED, GenerationView::json(g));
+    let mut res = json_response(StatusCode::ACCEPTED, views::generation_json(g));
     if let Ok(v) = HeaderValue::from_str(&generation_path(g)) {
         res.headers_mut().insert(header::LOCATION, v);
     }
     res
+}
+
+/// The body as the domain's unchecked request, which the domain parses.
+fn unchecked(body: CreateRequest) -> RawGenerationRequest {
+    RawGenerationRequest {
+        address: body.address,
+        areas: body
+            .areas
+            .into_iter()
+            .map(|a| RawAreaRequest {
+                area: a.area,
+                style: a.style,
+                custom_prompt: a.custom_prompt,
+                preservation_strength: a.preservation_strength,
+            })
+            .collect(),
+    }
 }
 
 pub async fn create(
@@ -307,14 +322,14 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let raw: RawGenerationRequest = json_body(&s, &headers, body).await?;
+    let body: CreateRequest = json_body(&s, &headers, body).await?;
     let key = idempotency_key(&headers);
-    let parsed = GenerationRequest::parse(&raw);
+    let parsed = GenerationRequest::parse(&unchecked(body));
     let (request, key) = match (parsed, key) {
         (Ok(r), Ok(k)) => (r, k),
         (parsed, key) => {
             let mut errors: Vec<FieldError> =
-                parsed.err().unwrap_or_default().into_iter().map(Into::into).collect();
+                parsed.err().unwrap_or_default().into_iter().map(field_error).collect();
             if let Err(p) = key {
                 errors.extend(p.errors.unwrap_or_default());
             }
@@ -377,10 +392,8 @@ pub async fn list(
     }
     let page =
         s.bounded(s.0.store.list(c.user, ListQuery { limit, cursor, status }), Problem::from_store).await?;
-    let view = PageView {
-        items: page.items.iter().map(GenerationView::of).collect(),
-        next_cursor: page.next_cursor,
-    };
+    let view =
+        Page { items: page.items.iter().map(views::generation).collect(), next_cursor: page.next_cursor };
     Ok(json(StatusCode::OK, &view))
 }
 
@@ -390,7 +403,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let g = s.visible(c, &id).await?;
-    Ok(json(StatusCode::OK, &GenerationView::of(&g)))
+    Ok(json(StatusCode::OK, &views::generation(&g)))
 }
 
 pub async fn cancel(
@@ -405,7 +418,7 @@ pub async fn cancel(
                 w.cancelled(g.id);
             }
             tracing::info!(generation_id = %g.id, status = g.status.as_str(), "generation cancelled");
-            Ok(json(StatusCode::ACCEPTED, &GenerationView::of(&g)))
+            Ok(json(StatusCode::ACCEPTED, &views::generation(&g)))
         }
         CancelOutcome::AlreadyTerminal(g) => Err(Problem::new(
             StatusCode::CONFLICT,
@@ -491,29 +504,21 @@ pub async fn source_image(
 
 // ---- admin ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGrant {
-    user_id: String,
-    amount: i64,
-    reference: String,
-}
-
 pub async fn grant(
     State(s): State<AppState>,
     Admin(admin): Admin,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let raw: RawGrant = json_body(&s, &headers, body).await?;
+    let raw: GrantRequest = json_body(&s, &headers, body).await?;
     let mut errors = Vec::new();
     let user = raw
         .user_id
         .parse::<UserId>()
         .map_err(|_| errors.push(FieldError { field: "user_id".into(), message: "must be a UUID".into() }))
         .ok();
-    let amount = GrantAmount::parse(raw.amount).map_err(|e| errors.push(e.into())).ok();
-    let reference = CreditReference::parse(&raw.reference).map_err(|e| errors.push(e.into())).ok();
+    let amount = GrantAmount::parse(raw.amount).map_err(|e| errors.push(field_error(e))).ok();
+    let reference = CreditReference::parse(&raw.reference).map_err(|e| errors.push(field_error(e))).ok();
     let (Some(user), Some(amount), Some(reference)) = (user, amount, reference) else {
         return Err(Problem::validation(errors));
     };
@@ -523,7 +528,7 @@ pub async fn grant(
     tracing::info!(%user, admin = %admin.user, amount = amount.get(), applied = g.applied, "credits granted");
     let status = if g.applied { StatusCode::CREATED } else { StatusCode::OK };
     let sub = s.bounded(s.0.billing.subscription(user), Problem::from_ledger).await?;
-    Ok(json(status, &AccountView::of(&g.account, &sub)))
+    Ok(json(status, &views::account(&g.account, &sub)))
 }
 
 pub async fn tasks(State(s): State<AppState>, Admin(_): Admin) -> Response {

@@ -1,192 +1,130 @@
-//! The JSON the API answers with (CONTRACT §4). Only this module decides how
-//! a domain record looks on the wire.
+//! What a domain record shows on the wire (CONTRACT §4, §7): the API
+//! builds terrace-wire's types from what it stores. Only this module decides
+//! which of a record's facts an answer shows.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use terrace_domain::billing::{CURRENCY, PACKAGES, Plan, Subscription, SubscriptionStatus};
 use terrace_domain::{Account, AreaStatus, Failure, Generation, LedgerEntry};
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-#[derive(Debug, Serialize)]
-pub struct GenerationView {
-    pub id: String,
-    pub user_id: String,
-    pub request_id: String,
-    pub status: &'static str,
-    pub address: String,
-    pub geocoded_address: Option<String>,
-    pub location: Option<LocationView>,
-    pub cost: u64,
-    pub captured: u64,
-    pub voided: u64,
-    pub areas: Vec<AreaView>,
-    pub error: Option<Failure>,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-    pub deadline_at: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LocationView {
-    pub lat: f64,
-    pub lng: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct AreaView {
-    pub area: &'static str,
-    pub style: &'static str,
-    pub status: &'static str,
-    pub stage: &'static str,
-    pub progress: u8,
-    pub image_url: Option<String>,
-    pub error: Option<Failure>,
-    pub completed_at: Option<String>,
-}
+use terrace_wire as wire;
 
 /// The path a generation is found at.
 pub fn generation_path(g: &Generation) -> String {
     format!("/v1/generations/{}", g.id)
 }
 
-impl GenerationView {
-    pub fn of(g: &Generation) -> Self {
-        let path = generation_path(g);
-        Self {
-            id: g.id.to_string(),
-            user_id: g.user_id.to_string(),
-            request_id: g.request_id.to_string(),
-            status: g.status.as_str(),
-            address: g.address.as_str().to_owned(),
-            geocoded_address: g.geocoded.as_ref().map(|x| x.formatted_address.clone()),
-            location: g.geocoded.as_ref().map(|x| LocationView { lat: x.location.lat, lng: x.location.lng }),
-            cost: g.cost(),
-            captured: g.captured(),
-            voided: g.voided(),
-            areas: g
-                .areas
-                .iter()
-                .map(|a| AreaView {
-                    area: a.kind().as_str(),
-                    style: a.spec.style.as_str(),
-                    status: a.status.as_str(),
-                    stage: a.stage.as_str(),
-                    progress: a.progress,
-                    image_url: (a.status == AreaStatus::Completed)
-                        .then(|| format!("{path}/areas/{}/image", a.kind())),
-                    error: a.error.clone(),
-                    completed_at: a.completed_at.map(ts),
-                })
-                .collect(),
-            error: g.error.clone(),
-            created_at: ts(g.created_at),
-            started_at: g.started_at.map(ts),
-            completed_at: g.completed_at.map(ts),
-            deadline_at: ts(g.deadline_at),
-        }
-    }
-
-    pub fn json(g: &Generation) -> String {
-        serde_json::to_string(&Self::of(g)).expect("a generation always serializes")
-    }
+fn error(f: &Failure) -> wire::ErrorInfo {
+    wire::ErrorInfo { code: f.code.as_str().to_owned(), message: f.message.clone() }
 }
 
-#[derive(Debug, Serialize)]
-pub struct AccountView {
-    pub user_id: String,
-    pub trial_credits: u64,
-    pub token_balance: u64,
-    pub held: u64,
-    pub captured: u64,
-    pub subscription: Option<crate::billing::SubscriptionSummary>,
-}
-
-impl AccountView {
-    pub fn of(a: &Account, sub: &terrace_domain::billing::Subscription) -> Self {
-        Self {
-            user_id: a.user_id.to_string(),
-            trial_credits: a.trial_credits,
-            token_balance: a.token_balance,
-            held: a.held,
-            captured: a.captured,
-            subscription: crate::billing::SubscriptionSummary::of(sub),
-        }
+/// A generation; an area's `image_url` once it is completed.
+pub fn generation(g: &Generation) -> wire::Generation {
+    let path = generation_path(g);
+    wire::Generation {
+        id: g.id.0,
+        user_id: g.user_id.0,
+        request_id: g.request_id.to_string(),
+        status: g.status,
+        address: g.address.as_str().to_owned(),
+        geocoded_address: g.geocoded.as_ref().map(|x| x.formatted_address.clone()),
+        location: g.geocoded.as_ref().map(|x| wire::Location { lat: x.location.lat, lng: x.location.lng }),
+        cost: g.cost(),
+        captured: g.captured(),
+        voided: g.voided(),
+        areas: g
+            .areas
+            .iter()
+            .map(|a| wire::AreaView {
+                area: a.kind(),
+                style: a.spec.style,
+                status: a.status,
+                stage: a.stage,
+                progress: a.progress,
+                image_url: (a.status == AreaStatus::Completed)
+                    .then(|| format!("{path}/areas/{}/image", a.kind())),
+                error: a.error.as_ref().map(error),
+                completed_at: a.completed_at,
+            })
+            .collect(),
+        error: g.error.as_ref().map(error),
+        created_at: g.created_at,
+        started_at: g.started_at,
+        completed_at: g.completed_at,
+        deadline_at: g.deadline_at,
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct TransactionView {
-    pub id: i64,
-    pub kind: &'static str,
-    pub amount: u64,
-    pub source: &'static str,
-    pub generation_id: Option<String>,
-    pub area: Option<&'static str>,
-    pub reference: Option<String>,
-    pub created_at: String,
+/// A generation's JSON, rendered once (the event stream compares it).
+pub fn generation_json(g: &Generation) -> String {
+    serde_json::to_string(&generation(g)).expect("a generation always serializes")
 }
 
-impl TransactionView {
-    pub fn of(e: &LedgerEntry) -> Self {
-        Self {
-            id: e.id,
-            kind: e.kind.as_str(),
-            amount: e.amount,
-            source: e.source.as_str(),
-            generation_id: e.generation_id.map(|g| g.to_string()),
-            area: e.area.map(|a| a.as_str()),
-            reference: e.reference.clone(),
-            created_at: ts(e.created_at),
-        }
+/// An account, with its subscription: `null` for a user who never subscribed.
+pub fn account(a: &Account, sub: &Subscription) -> wire::Account {
+    wire::Account {
+        user_id: a.user_id.0,
+        trial_credits: a.trial_credits,
+        token_balance: a.token_balance,
+        held: a.held,
+        captured: a.captured,
+        subscription: (sub.status != SubscriptionStatus::None || sub.plan.is_some()).then(|| {
+            wire::SubscriptionSummary {
+                plan: sub.plan.clone(),
+                status: sub.status,
+                current_period_end: sub.current_period_end,
+            }
+        }),
     }
 }
 
-/// A page of items.
-#[derive(Debug, Serialize)]
-pub struct PageView<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
-/// One running generation on this instance (`GET /v1/admin/tasks`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TaskView {
-    pub generation_id: String,
-    pub request_id: String,
-    pub attempt: u32,
-    pub started_at: String,
-    pub deadline_at: String,
-    pub stage: &'static str,
-}
-
-impl TaskView {
-    pub fn new(
-        generation_id: impl ToString,
-        request_id: impl ToString,
-        attempt: u32,
-        started_at: DateTime<Utc>,
-        deadline_at: DateTime<Utc>,
-        stage: &'static str,
-    ) -> Self {
-        Self {
-            generation_id: generation_id.to_string(),
-            request_id: request_id.to_string(),
-            attempt,
-            started_at: ts(started_at),
-            deadline_at: ts(deadline_at),
-            stage,
-        }
+pub fn transaction(e: &LedgerEntry) -> wire::Transaction {
+    wire::Transaction {
+        id: e.id,
+        kind: e.kind,
+        amount: e.amount,
+        source: e.source,
+        generation_id: e.generation_id.map(|g| g.0),
+        area: e.area,
+        reference: e.reference.clone(),
+        created_at: e.created_at,
     }
+}
+
+/// `GET /v1/billing/subscription`, and the answer of a cancel.
+pub fn subscription(s: &Subscription) -> wire::Subscription {
+    wire::Subscription {
+        plan: s.plan.clone(),
+        status: s.status,
+        current_period_end: s.current_period_end,
+        cancel_at_period_end: s.cancel_at_period_end,
+    }
+}
+
+/// Every package, and the plan when it is on offer.
+pub fn catalogue(plan: Option<Plan>) -> wire::Catalogue {
+    let packages = PACKAGES
+        .iter()
+        .map(|p| wire::Package {
+            id: p.id.to_owned(),
+            tokens: p.tokens,
+            price_cents: p.price_cents,
+            currency: CURRENCY.to_owned(),
+        })
+        .collect();
+    let plans = plan
+        .map(|p| wire::Plan {
+            id: p.id.to_owned(),
+            price_cents: p.price_cents,
+            currency: CURRENCY.to_owned(),
+            interval: p.interval.to_owned(),
+        })
+        .into_iter()
+        .collect();
+    wire::Catalogue { packages, plans }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-    use terrace_domain::billing::{Subscription, SubscriptionStatus};
+    use chrono::{DateTime, TimeZone, Utc};
     use terrace_domain::input::{RawAreaRequest, RawGenerationRequest};
     use terrace_domain::state::{AreaStage, Geocoded};
     use terrace_domain::{
@@ -211,7 +149,7 @@ mod tests {
 
     /// One generation in every state an area can show: completed, failed,
     /// still working.
-    fn generation() -> Generation {
+    fn sample() -> Generation {
         let raw = RawGenerationRequest {
             address: "12 \"Garden\" Lane, Zürich".into(),
             areas: vec![
@@ -266,7 +204,7 @@ mod tests {
             r#""error":null,"created_at":"2026-01-01T00:00:00.123Z","started_at":"2026-01-01T00:00:01.005Z","#,
             r#""completed_at":null,"deadline_at":"2026-01-01T00:05:00.123Z"}"#,
         );
-        assert_eq!(GenerationView::json(&generation()), expected);
+        assert_eq!(generation_json(&sample()), expected);
     }
 
     #[test]
@@ -281,7 +219,7 @@ mod tests {
             ..Subscription::default()
         };
         assert_eq!(
-            serde_json::to_string(&AccountView::of(&account, &sub)).unwrap(),
+            serde_json::to_string(&super::account(&account, &sub)).unwrap(),
             concat!(
                 r#"{"user_id":"00000000-0000-0000-0000-000000000001","trial_credits":3,"token_balance":10,"#,
                 r#""held":2,"captured":5,"subscription":{"plan":"monthly_pro","status":"active","#,
@@ -289,7 +227,7 @@ mod tests {
             )
         );
         assert_eq!(
-            serde_json::to_string(&AccountView::of(&account, &Subscription::default())).unwrap(),
+            serde_json::to_string(&super::account(&account, &Subscription::default())).unwrap(),
             concat!(
                 r#"{"user_id":"00000000-0000-0000-0000-000000000001","trial_credits":3,"token_balance":10,"#,
                 r#""held":2,"captured":5,"subscription":null}"#
@@ -306,7 +244,7 @@ mod tests {
             reference: None,
             created_at: at(5, 1_500_000),
         };
-        let page = PageView { items: vec![TransactionView::of(&entry)], next_cursor: Some("c1".into()) };
+        let page = wire::Page { items: vec![transaction(&entry)], next_cursor: Some("c1".into()) };
         assert_eq!(
             serde_json::to_string(&page).unwrap(),
             concat!(
@@ -315,7 +253,7 @@ mod tests {
                 r#""created_at":"2026-01-01T00:00:05.001Z"}],"next_cursor":"c1"}"#
             )
         );
-        let task = TaskView::new(Uuid::from_u128(2), "r1", 2, at(1, 0), at(301, 0), "designing");
+        let task = wire::TaskView::new(Uuid::from_u128(2), "r1", 2, at(1, 0), at(301, 0), "designing");
         assert_eq!(
             serde_json::to_string(&[task]).unwrap(),
             concat!(
