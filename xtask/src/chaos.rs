@@ -215,16 +215,9 @@ async fn drive(bases: Vec<String>, n: usize, done: Arc<AtomicUsize>) -> Result<(
             async move {
                 let user = users[i % users.len()];
                 let kinds = [AreaKind::FrontYard, AreaKind::Backyard, AreaKind::Patio];
-                let areas = kinds[..1 + i % 3]
-                    .iter()
-                    .map(|a| AreaSpec {
-                        area: *a,
-                        style: Style::Mediterranean,
-                        custom_prompt: None,
-                        preservation_strength: None,
-                    })
-                    .collect();
-                let request = CreateRequest { address: format!("{} Chaos Road, Springfield", 10 + i), areas };
+                let areas =
+                    kinds[..1 + i % 3].iter().map(|a| AreaSpec::new(*a, Style::Mediterranean)).collect();
+                let request = CreateRequest::new(format!("{} Chaos Road, Springfield", 10 + i), areas);
                 let key = Uuid::new_v4().to_string();
                 let mut last = Err(ClientError::Connect("no instance tried".into()));
                 for k in 0..bases.len() {

@@ -71,15 +71,10 @@ struct Observed {
 
 fn area_request(i: usize) -> CreateRequest {
     let style = Style::ALL[i % Style::ALL.len()];
-    CreateRequest {
-        address: format!("{} Load Test Avenue, Springfield", 100 + i),
-        areas: vec![AreaSpec {
-            area: AreaKind::Backyard,
-            style,
-            custom_prompt: None,
-            preservation_strength: None,
-        }],
-    }
+    CreateRequest::new(
+        format!("{} Load Test Avenue, Springfield", 100 + i),
+        vec![AreaSpec::new(AreaKind::Backyard, style)],
+    )
 }
 
 pub fn run(args: &[String]) -> Result<()> {

@@ -32,7 +32,7 @@ pub fn parse_area(arg: &str) -> Result<AreaSpec, CliError> {
     })?;
     let area = AreaKind::parse(area).map_err(|e| CliError::Usage(format!("--area {arg}: {}", e.message)))?;
     let style = Style::parse(style).map_err(|e| CliError::Usage(format!("--area {arg}: {}", e.message)))?;
-    Ok(AreaSpec { area, style, custom_prompt: None, preservation_strength: None })
+    Ok(AreaSpec::new(area, style))
 }
 
 fn bar_style() -> ProgressStyle {
@@ -60,8 +60,8 @@ pub async fn generate(
     out_dir: &Path,
     options: WatchOptions,
 ) -> Result<Generation, CliError> {
-    let kinds: Vec<AreaKind> = areas.iter().map(|a| a.area).collect();
-    let created = client.create(&CreateRequest { address, areas }).await?;
+    let kinds: Vec<AreaKind> = areas.iter().filter_map(AreaSpec::kind).collect();
+    let created = client.create(&CreateRequest::new(address, areas)).await?;
     eprintln!("generation {} ({} credits held)", created.id, created.cost);
     let multi = MultiProgress::new();
     let bars: HashMap<AreaKind, ProgressBar> = kinds
@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn area_arguments_parse_or_explain() {
         let a = parse_area("front_yard:japanese_zen").unwrap();
-        assert_eq!((a.area, a.style), (AreaKind::FrontYard, Style::JapaneseZen));
+        assert_eq!(a, AreaSpec::new(AreaKind::FrontYard, Style::JapaneseZen));
         for bad in ["front_yard", "roof:japanese_zen", "patio:gothic"] {
             let e = parse_area(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");

@@ -11,14 +11,21 @@
 //!   circuit opens). It spawns nothing: dropping the watcher drops its
 //!   in-flight request and closes the connection, so all network activity
 //!   stops at once.
+//!
+//! The JSON it sends and reads is terrace-wire's, the same types the server
+//! writes: the ones a client meets are re-exported here ([`CreateRequest`],
+//! [`AreaSpec`], [`Generation`], [`Account`], …), and every other one under
+//! [`wire`].
 
 #[cfg(feature = "cli")]
 pub mod cli;
 mod watch;
-mod wire;
 
+pub use terrace_wire as wire;
+pub use terrace_wire::{
+    Account, AreaSpec, AreaView, CreateRequest, ErrorInfo, Generation, Location, SubscriptionSummary,
+};
 pub use watch::{Watch, WatchError, WatchOptions};
-pub use wire::*;
 
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
@@ -257,12 +264,17 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError
         .map(Duration::from_secs);
     let request_id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = resp.bytes().await.unwrap_or_default();
-    let problem: Problem = serde_json::from_slice(&body).unwrap_or_default();
+    // Terrace answers with a problem document; anything else in front of it
+    // (a proxy's error page) is named by its status.
+    let (code, detail, problem_request_id) = match serde_json::from_slice::<wire::Problem>(&body) {
+        Ok(p) => (p.code, p.detail, p.request_id),
+        Err(_) => (default_code(status), String::new(), None),
+    };
     Err(ClientError::Api {
         status: status.as_u16(),
-        code: problem.code.unwrap_or_else(|| default_code(status)),
-        detail: problem.detail.or(problem.title).unwrap_or_default(),
-        request_id: problem.request_id.or(request_id),
+        code,
+        detail,
+        request_id: problem_request_id.or(request_id),
         retry_after,
     })
 }

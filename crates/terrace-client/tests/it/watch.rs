@@ -33,15 +33,7 @@ async fn client(script: &Arc<Script>) -> Client {
 }
 
 fn request() -> CreateRequest {
-    CreateRequest {
-        address: "12 Garden Lane".into(),
-        areas: vec![AreaSpec {
-            area: AreaKind::Patio,
-            style: Style::JapaneseZen,
-            custom_prompt: None,
-            preservation_strength: None,
-        }],
-    }
+    CreateRequest::new("12 Garden Lane", vec![AreaSpec::new(AreaKind::Patio, Style::JapaneseZen)])
 }
 
 /// Waits, at most `bound`, until `cond` holds.
