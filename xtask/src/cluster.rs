@@ -181,12 +181,16 @@ pub async fn grant(
     amount: u64,
     run: &str,
 ) -> Result<()> {
-    let body = serde_json::json!({"user_id": user, "amount": amount, "reference": format!("{run}-{user}")});
+    let body = terrace_client::wire::GrantRequest {
+        user_id: user.to_string(),
+        amount: i64::try_from(amount)?,
+        reference: format!("{run}-{user}"),
+    };
     let r = http
         .post(format!("{base}/v1/admin/credits"))
         .bearer_auth(token(uuid::Uuid::nil(), true))
         .header("content-type", "application/json")
-        .body(body.to_string())
+        .body(serde_json::to_string(&body)?)
         .timeout(Duration::from_secs(30))
         .send()
         .await?;

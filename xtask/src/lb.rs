@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use terrace_client::wire::Problem;
+use terrace_client::{AreaSpec, CreateRequest, Generation};
+use terrace_domain::{AreaKind, GenerationStatus, Style};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -192,9 +195,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// A failure as a report key: the status and the problem's code, or the error.
 async fn status_failure(r: reqwest::Response) -> String {
     let status = r.status().as_u16();
-    let body: serde_json::Value =
-        r.text().await.ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    format!("{status} {}", body["code"].as_str().unwrap_or(""))
+    let code = r.text().await.ok().and_then(|t| serde_json::from_str::<Problem>(&t).ok()).map(|p| p.code);
+    format!("{status} {}", code.unwrap_or_default())
 }
 
 /// One server as HAProxy sees it.
@@ -714,12 +716,12 @@ async fn create(
     n: u64,
     seen: &Seen,
 ) -> Option<Uuid> {
-    let areas: Vec<serde_json::Value> = [("backyard", "japanese_zen"), ("front_yard", "mediterranean")]
+    let areas = [(AreaKind::Backyard, Style::JapaneseZen), (AreaKind::FrontYard, Style::Mediterranean)]
         [..1 + (n as usize) % 2]
         .iter()
-        .map(|(area, style)| json!({"area": area, "style": style}))
+        .map(|(area, style)| AreaSpec::new(*area, *style))
         .collect();
-    let body = json!({"address": format!("{} Rolling Lane, Springfield", 10 + n), "areas": areas});
+    let body = CreateRequest::new(format!("{} Rolling Lane, Springfield", 10 + n), areas);
     let request_id = format!("lb-c{c}-{n}");
     let began = seen.begin();
     let sent = http
@@ -728,7 +730,7 @@ async fn create(
         .header("content-type", "application/json")
         .header("idempotency-key", Uuid::new_v4().to_string())
         .header("x-request-id", &request_id)
-        .body(body.to_string())
+        .body(serde_json::to_string(&body).expect("a create request serialises"))
         .timeout(REQUEST_BOUND)
         .send()
         .await;
@@ -737,12 +739,8 @@ async fn create(
         Ok(r) if r.status() != reqwest::StatusCode::ACCEPTED => (Err(status_failure(r).await), None),
         Ok(r) => {
             let echoed = r.headers().get("x-request-id").and_then(|v| v.to_str().ok()) == Some(&request_id);
-            let id = r
-                .text()
-                .await
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|g| g["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()));
+            let id =
+                r.text().await.ok().and_then(|t| serde_json::from_str::<Generation>(&t).ok()).map(|g| g.id);
             match (echoed, id) {
                 (false, _) => (Err("X-Request-Id did not come back".to_owned()), id),
                 (true, None) => (Err("202 without a generation id".to_owned()), None),
@@ -767,21 +765,12 @@ async fn status(http: &reqwest::Client, lb: &str, token: &str, id: Uuid, request
         Err(e) => Err(chain(&e)),
         Ok(r) if r.status() != reqwest::StatusCode::OK => Err(status_failure(r).await),
         Ok(r) => match r.text().await {
-            Ok(t)
-                if serde_json::from_str::<serde_json::Value>(&t)
-                    .is_ok_and(|g| g["id"].as_str() == Some(id.to_string().as_str())) =>
-            {
-                Ok(())
-            }
+            Ok(t) if serde_json::from_str::<Generation>(&t).is_ok_and(|g| g.id == id) => Ok(()),
             Ok(_) => Err("200 without the generation".to_owned()),
             Err(e) => Err(format!("body: {}", chain(&e))),
         },
     };
     seen.record(Kind::Status, began, outcome);
-}
-
-fn is_terminal(status: &str) -> bool {
-    matches!(status, "completed" | "partially_completed" | "failed" | "cancelled")
 }
 
 /// How one event stream ended.
@@ -907,21 +896,20 @@ async fn stream_once(
             if terminal {
                 return End::Broken("an event after the terminal one".to_owned());
             }
-            terminal = is_terminal(&status);
+            terminal = status.is_terminal();
         }
     }
 }
 
 /// The generation's status in an `event: generation` frame; `None` for a
 /// comment (keepalive).
-fn generation_status(frame: &[u8]) -> Option<String> {
+fn generation_status(frame: &[u8]) -> Option<GenerationStatus> {
     let text = std::str::from_utf8(frame).ok()?;
     if !text.lines().any(|l| l == "event: generation") {
         return None;
     }
     let data: String = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-    let g: serde_json::Value = serde_json::from_str(&data).ok()?;
-    g["status"].as_str().map(str::to_owned)
+    serde_json::from_str::<Generation>(&data).ok().map(|g| g.status)
 }
 
 /// What HAProxy's log says about the requests it proxied.
