@@ -235,3 +235,32 @@ fn no_library_spawns_a_detached_task() {
         "detached tasks: spawn them into a Supervisor, TaskTracker or JoinSet: {wrong:#?}"
     );
 }
+
+/// Files of the crates that speak the API's JSON that may still derive
+/// serde, and why.
+const SERDE_ALLOWED: &[(&str, &str)] =
+    &[("terrace-api/src/auth.rs", "a JWT's claims: the token's JSON, not the API's")];
+
+#[test]
+fn the_api_s_json_is_declared_in_terrace_wire_alone() {
+    let files = product_sources();
+    let mut wrong = Vec::new();
+    let mut saw_wire = false;
+    for (krate, path, text) in &files {
+        let p = path.to_string_lossy().replace('\\', "/");
+        let derives = text
+            .lines()
+            .any(|l| l.contains("derive(") && (l.contains("Serialize") || l.contains("Deserialize")));
+        saw_wire |= krate == "terrace-wire" && derives;
+        let speaks_the_api = matches!(krate.as_str(), "terrace-api" | "terrace-client");
+        if speaks_the_api && derives && !SERDE_ALLOWED.iter().any(|(f, _)| p.contains(f)) {
+            wrong.push(format!("a serde type outside terrace-wire: {p}"));
+        }
+        // A body's mark: the domain describes no HTTP body.
+        if krate == "terrace-domain" && text.contains("deny_unknown_fields") {
+            wrong.push(format!("the domain describes a request body: {p}"));
+        }
+    }
+    assert!(saw_wire, "the scan saw no serde type in terrace-wire");
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
