@@ -391,6 +391,7 @@ pub fn policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
             statement_timeout,
             lock_timeout: Duration::from_secs(5).min(statement_timeout),
             idle_in_transaction_timeout: Duration::from_secs(60),
+            verify_idle_after: Duration::from_secs(5),
         },
         lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running, sweep_batch },
         shutdown_grace,

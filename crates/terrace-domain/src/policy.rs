@@ -97,6 +97,11 @@ pub struct DbPolicy {
     pub lock_timeout: Duration,
     /// Server-side `idle_in_transaction_session_timeout`.
     pub idle_in_transaction_timeout: Duration,
+    /// A pooled connection idle at least this long is checked with one
+    /// round trip before it is handed out (zero: every one is). Busy
+    /// connections are not checked: a dead one is found by its connection
+    /// task ending, or by the call's own deadline.
+    pub verify_idle_after: Duration,
 }
 
 impl DbPolicy {

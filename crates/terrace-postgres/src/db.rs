@@ -3,7 +3,8 @@
 //! deadline passed cancelled on the server and discarded.
 
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType, Timeouts,
+    Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+    Timeouts,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,9 +71,25 @@ impl Db {
         tasks: TaskTracker,
     ) -> Result<Db, StoreError> {
         let db = policies.db.clone();
+        // No round trip to check a connection on each checkout: a dead one is
+        // found by its connection task ending (TCP keepalives and the user
+        // timeout above bound how long that takes), and `Fast` drops a
+        // closed connection instead of handing it out.
         let manager =
-            Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+            Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let (verify_after, verify_within) = (db.verify_idle_after, db.connect_timeout);
         let pool = Pool::builder(manager)
+            .pre_recycle(Hook::async_fn(move |client, metrics| {
+                Box::pin(async move {
+                    if metrics.last_used() < verify_after {
+                        return Ok(());
+                    }
+                    match tokio::time::timeout(verify_within, client.simple_query("")).await {
+                        Ok(Ok(_)) => Ok(()),
+                        _ => Err(HookError::Message("an idle pooled connection did not answer".into())),
+                    }
+                })
+            }))
             .max_size(db.pool_size)
             .runtime(Runtime::Tokio1)
             .timeouts(Timeouts {
@@ -263,6 +280,7 @@ mod tests {
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_millis(1500),
             idle_in_transaction_timeout: Duration::from_secs(60),
+            verify_idle_after: Duration::from_secs(5),
         }
     }
 

@@ -45,78 +45,92 @@ fn failure(code: Option<String>, message: Option<String>) -> Result<Option<Failu
     }
 }
 
-pub(crate) const GENERATION_COLUMNS: &str = "id, user_id, request_id, status, address, geocoded_address, \
-     lat, lng, error_code, error_message, created_at, started_at, completed_at, deadline_at, attempt, \
-     cancel_requested, seq";
-
-const AREA_COLUMNS: &str = "generation_id, area, style, custom_prompt, preservation_strength, status, stage, \
-     progress, image_key, error_code, error_message, completed_at, hold_source, hold_state";
+/// A generation and its areas in one read: the generation's columns (17,
+/// from index 0), then one area's (13, from [`AREA_AT`]), one row per area
+/// in position order (a generation without areas, which no create makes,
+/// comes as one row of nulls there).
+macro_rules! load_sql {
+    () => {
+        "SELECT g.id, g.user_id, g.request_id, g.status, g.address, g.geocoded_address, g.lat, g.lng, \
+         g.error_code, g.error_message, g.created_at, g.started_at, g.completed_at, g.deadline_at, g.attempt, \
+         g.cancel_requested, g.seq, \
+         a.area, a.style, a.custom_prompt, a.preservation_strength, a.status, a.stage, a.progress, a.image_key, \
+         a.error_code, a.error_message, a.completed_at, a.hold_source, a.hold_state \
+         FROM generations g LEFT JOIN generation_areas a ON a.generation_id = g.id \
+         WHERE g.id = ANY($1) ORDER BY g.id, a.position"
+    };
+}
+const LOAD: &str = load_sql!();
+/// Locks the generations' rows, in one order. Their areas are written only
+/// under that lock (every write locks its generation first), so theirs need
+/// none; and the read that follows is a statement of its own, so that it
+/// sees what a transaction that held the lock before committed (a locking
+/// join would re-check the generation's row but not the areas').
+const LOCK: &str = "SELECT 1 FROM generations WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+/// Where an area's columns start in a [`LOAD`] row.
+const AREA_AT: usize = 17;
 
 /// A generation row without its areas, and its listing position.
 fn generation_head(row: &Row) -> Result<(Generation, i64), StoreError> {
-    let status: String = row.get("status");
-    let address: String = row.get("address");
-    let request_id: String = row.get("request_id");
-    let geocoded = match (
-        row.get::<_, Option<String>>("geocoded_address"),
-        row.get::<_, Option<f64>>("lat"),
-        row.get::<_, Option<f64>>("lng"),
-    ) {
-        (Some(formatted_address), Some(lat), Some(lng)) => Some(Geocoded {
-            formatted_address,
-            location: LatLng::new(lat, lng).ok_or_else(|| corrupt("location"))?,
-        }),
-        _ => None,
-    };
-    let attempt: i32 = row.get("attempt");
+    let status: &str = row.get(3);
+    let address: &str = row.get(4);
+    let request_id: &str = row.get(2);
+    let geocoded =
+        match (row.get::<_, Option<String>>(5), row.get::<_, Option<f64>>(6), row.get::<_, Option<f64>>(7)) {
+            (Some(formatted_address), Some(lat), Some(lng)) => Some(Geocoded {
+                formatted_address,
+                location: LatLng::new(lat, lng).ok_or_else(|| corrupt("location"))?,
+            }),
+            _ => None,
+        };
+    let attempt: i32 = row.get(14);
     let g = Generation {
-        id: GenerationId(row.get("id")),
-        user_id: UserId(row.get("user_id")),
-        request_id: RequestId::parse(&request_id).ok_or_else(|| corrupt("request id"))?,
-        status: GenerationStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
-        address: Address::parse(&address).map_err(corrupt)?,
+        id: GenerationId(row.get(0)),
+        user_id: UserId(row.get(1)),
+        request_id: RequestId::parse(request_id).ok_or_else(|| corrupt("request id"))?,
+        status: GenerationStatus::parse(status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        address: Address::parse(address).map_err(corrupt)?,
         geocoded,
         areas: Vec::new(),
-        error: failure(row.get("error_code"), row.get("error_message"))?,
-        created_at: row.get("created_at"),
-        started_at: row.get("started_at"),
-        completed_at: row.get("completed_at"),
-        deadline_at: row.get("deadline_at"),
+        error: failure(row.get(8), row.get(9))?,
+        created_at: row.get(10),
+        started_at: row.get(11),
+        completed_at: row.get(12),
+        deadline_at: row.get(13),
         attempt: u32::try_from(attempt).map_err(corrupt)?,
-        cancel_requested: row.get("cancel_requested"),
+        cancel_requested: row.get(15),
     };
-    Ok((g, row.get("seq")))
+    Ok((g, row.get(16)))
 }
 
-fn area(row: &Row) -> Result<Area, StoreError> {
-    let text = |c: &str| -> String { row.get(c) };
-    let kind = AreaKind::parse(&text("area")).map_err(corrupt)?;
-    let style = Style::parse(&text("style")).map_err(corrupt)?;
-    let custom: Option<String> = row.get("custom_prompt");
-    let custom_prompt = match custom {
-        Some(c) => CustomPrompt::parse(&c).map_err(corrupt)?,
+/// The area whose columns start at `at`.
+fn area(row: &Row, at: usize) -> Result<Area, StoreError> {
+    let text = |i: usize| -> &str { row.get(at + i) };
+    let kind = AreaKind::parse(text(0)).map_err(corrupt)?;
+    let style = Style::parse(text(1)).map_err(corrupt)?;
+    let custom_prompt = match row.get::<_, Option<&str>>(at + 2) {
+        Some(c) => CustomPrompt::parse(c).map_err(corrupt)?,
         None => None,
     };
-    let strength = PreservationStrength::parse(row.get("preservation_strength")).map_err(corrupt)?;
-    let status = text("status");
-    let stage = text("stage");
-    let source = text("hold_source");
-    let progress: i16 = row.get("progress");
+    let strength = PreservationStrength::parse(row.get(at + 3)).map_err(corrupt)?;
+    let (status, stage, source) = (text(4), text(5), text(11));
+    let progress: i16 = row.get(at + 6);
     Ok(Area {
         spec: AreaRequest { area: kind, style, custom_prompt, preservation_strength: strength },
-        status: AreaStatus::parse(&status).ok_or_else(|| corrupt(format!("area status {status}")))?,
-        stage: AreaStage::parse(&stage).ok_or_else(|| corrupt(format!("stage {stage}")))?,
+        status: AreaStatus::parse(status).ok_or_else(|| corrupt(format!("area status {status}")))?,
+        stage: AreaStage::parse(stage).ok_or_else(|| corrupt(format!("stage {stage}")))?,
         progress: u8::try_from(progress).map_err(corrupt)?,
-        image_key: row.get("image_key"),
-        error: failure(row.get("error_code"), row.get("error_message"))?,
-        completed_at: row.get("completed_at"),
-        hold_source: CreditSource::parse(&source).ok_or_else(|| corrupt(format!("source {source}")))?,
-        hold: hold_parse(&text("hold_state"))?,
+        image_key: row.get(at + 7),
+        error: failure(row.get(at + 8), row.get(at + 9))?,
+        completed_at: row.get(at + 10),
+        hold_source: CreditSource::parse(source).ok_or_else(|| corrupt(format!("source {source}")))?,
+        hold: hold_parse(text(12))?,
     })
 }
 
 /// Loads generations with their areas, in the order of `ids`, skipping ids
-/// that do not exist. `lock` appends `FOR UPDATE` to both reads.
+/// that do not exist, in one statement; `lock` first takes the generations'
+/// rows `FOR UPDATE` ([`LOCK`]).
 pub(crate) async fn load(
     c: &impl Sql,
     ids: &[Uuid],
@@ -125,33 +139,19 @@ pub(crate) async fn load(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let heads = c
-        .query_cached(
-            &format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE id = ANY($1){suffix}"),
-            &[&ids],
-        )
-        .await
-        .map_err(map_err)?;
-    let areas = c
-        .query_cached(
-            &format!(
-                "SELECT {AREA_COLUMNS} FROM generation_areas WHERE generation_id = ANY($1) \
-                 ORDER BY generation_id, position{suffix}"
-            ),
-            &[&ids],
-        )
-        .await
-        .map_err(map_err)?;
-    let mut by_id: HashMap<Uuid, (Generation, i64)> = HashMap::with_capacity(heads.len());
-    for row in &heads {
-        let (g, seq) = generation_head(row)?;
-        by_id.insert(g.id.0, (g, seq));
+    if lock {
+        c.query_cached(LOCK, &[&ids]).await.map_err(map_err)?;
     }
-    for row in &areas {
-        let id: Uuid = row.get("generation_id");
-        if let Some((g, _)) = by_id.get_mut(&id) {
-            g.areas.push(area(row)?);
+    let rows = c.query_cached(LOAD, &[&ids]).await.map_err(map_err)?;
+    let mut by_id: HashMap<Uuid, (Generation, i64)> = HashMap::with_capacity(ids.len());
+    for row in &rows {
+        let id: Uuid = row.get(0);
+        let entry = match by_id.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(generation_head(row)?),
+        };
+        if row.get::<_, Option<&str>>(AREA_AT).is_some() {
+            entry.0.areas.push(area(row, AREA_AT)?);
         }
     }
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())

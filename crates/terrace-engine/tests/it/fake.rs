@@ -45,6 +45,7 @@ pub fn policies() -> Policies {
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(5),
             idle_in_transaction_timeout: Duration::from_secs(60),
+            verify_idle_after: Duration::from_secs(5),
         },
         lease: LeasePolicy {
             ttl: Duration::from_secs(30),

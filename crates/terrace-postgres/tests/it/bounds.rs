@@ -151,7 +151,7 @@ async fn a_stalled_connection_is_abandoned_at_the_client_deadline_and_discarded(
     assert_eq!(store.pool().size, 1);
     // The network stalls in the middle of a call: the query reaches the
     // server, the answer never comes back.
-    proxy.stall_on("FROM generations WHERE id = ANY");
+    proxy.stall_on("FROM generations g LEFT JOIN generation_areas");
     let started = Instant::now();
     let got = store.get(terrace_domain::GenerationId::new_random()).await;
     let took = started.elapsed();
@@ -193,13 +193,16 @@ async fn pooled_connections_killed_by_the_server_are_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_connection_that_stalled_is_replaced_by_the_verified_recycle() {
+async fn a_pooled_connection_that_stalled_while_idle_is_replaced_by_the_idle_check() {
     let db = TestDb::create().await;
     let proxy = Proxy::start(&host_port(&db.url)).await;
     let url = with_database(&format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port), &db.name);
     let mut p = policies();
     p.db.pool_size = 1;
     p.db.connect_timeout = Duration::from_millis(500);
+    // Checked however short its idleness (in service, only connections idle
+    // for `verify_idle_after` are).
+    p.db.verify_idle_after = Duration::ZERO;
     let store =
         terrace_postgres::PgStore::connect(&url, &p, std::sync::Arc::new(terrace_ports::NoopObserver))
             .await
@@ -208,7 +211,7 @@ async fn a_pooled_connection_that_stalled_is_replaced_by_the_verified_recycle() 
     proxy.freeze();
     let started = Instant::now();
     assert_eq!(store.get(terrace_domain::GenerationId::new_random()).await, Ok(None));
-    // The recycle check gives up within its timeout (the connect timeout) and
+    // The idle check gives up within its timeout (the connect timeout) and
     // a new connection serves the call.
     within(started.elapsed(), p.db.connect_timeout * 2);
     assert_eq!(store.pool().size, 1);

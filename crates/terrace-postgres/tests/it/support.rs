@@ -61,6 +61,7 @@ pub fn policies() -> Policies {
             statement_timeout: Duration::from_secs(3),
             lock_timeout: Duration::from_secs(1),
             idle_in_transaction_timeout: Duration::from_secs(5),
+            verify_idle_after: Duration::from_secs(5),
         },
         lease: LeasePolicy {
             ttl: Duration::from_secs(2),
