@@ -197,30 +197,173 @@ fn area_of(g: &mut Generation, area: AreaKind) -> Result<&mut Area, StoreError> 
     g.area_mut(area).ok_or(StoreError::NotFound)
 }
 
-/// What a create found for its idempotency key.
-async fn replay(
+/// What a create finds on its account, under the account's lock.
+struct Locked {
+    account: terrace_domain::Account,
+    /// The user's subscription grants generations now.
+    subscribed: bool,
+    /// The idempotency key's earlier use within its window: the request's
+    /// fingerprint and the generation it made.
+    replay: Option<(String, GenerationId)>,
+}
+
+/// Opens the account if it does not exist (with its trial credits and their
+/// `credit` entry) and takes its row lock under the lock policy, in one
+/// statement; with it, the subscription and the key's earlier use. `None`
+/// when the lock was refused (SQLSTATE 55P03), or when another request
+/// opened the account while this statement ran (its snapshot cannot see the
+/// new row: the caller answers "busy" and the retry finds it).
+async fn open_and_lock(
     c: &impl Sql,
-    user: UserId,
-    claim: &IdempotencyClaim,
-) -> Result<Option<CreateOutcome>, CreateError> {
-    let Some(row) = c
-        .query_opt_cached(
-            "SELECT request_hash, generation_id FROM idempotency_keys \
-             WHERE user_id = $1 AND key = $2 AND expires_at > now()",
-            &[&user.0, &claim.key.as_str()],
+    new: &NewGeneration,
+    key: Option<&IdempotencyClaim>,
+    policy: LockPolicy,
+) -> Result<Option<Locked>, StoreError> {
+    macro_rules! open_and_lock_sql {
+        ($wait:literal) => {
+            concat!(
+                "WITH opened AS (
+                     INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
+                     VALUES ($1, $2, 0, $2)
+                     ON CONFLICT (user_id) DO NOTHING
+                     RETURNING user_id, trial_credits, token_balance, held, captured),
+                 trial AS (
+                     INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
+                     SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0),
+                 locked AS (
+                     SELECT user_id, trial_credits, token_balance, held, captured FROM accounts
+                     WHERE user_id = $1 FOR UPDATE",
+                $wait,
+                ")
+                 SELECT a.user_id, a.trial_credits, a.token_balance, a.held, a.captured,
+                        COALESCE((SELECT b.status = 'active' FROM billing_accounts b WHERE b.user_id = $1), false),
+                        k.request_hash, k.generation_id
+                   FROM (SELECT * FROM opened UNION ALL SELECT * FROM locked) a
+                   LEFT JOIN idempotency_keys k ON k.user_id = $1 AND k.key = $3 AND k.expires_at > now()"
+            )
+        };
+    }
+    let sql = match policy {
+        LockPolicy::NoWait => open_and_lock_sql!(" NOWAIT"),
+        LockPolicy::Timeout(d) => {
+            tokio_postgres::GenericClient::batch_execute(
+                c.pg(),
+                &format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)),
+            )
+            .await
+            .map_err(map_err)?;
+            open_and_lock_sql!("")
+        }
+    };
+    let trial = i64::try_from(new.trial_credits).map_err(corrupt)?;
+    let key = key.map(|k| k.key.as_str());
+    match c.query_opt_cached(sql, &[&new.user_id.0, &trial, &key]).await {
+        Ok(Some(row)) => {
+            let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).map_err(corrupt);
+            let account = terrace_domain::Account {
+                user_id: UserId(row.get(0)),
+                trial_credits: n(1)?,
+                token_balance: n(2)?,
+                held: n(3)?,
+                captured: n(4)?,
+            };
+            let replay = match (row.get::<_, Option<String>>(6), row.get::<_, Option<Uuid>>(7)) {
+                (Some(hash), Some(id)) => Some((hash, GenerationId(id))),
+                _ => None,
+            };
+            Ok(Some(Locked { account, subscribed: row.get(5), replay }))
+        }
+        Ok(None) => Ok(None),
+        Err(e) if is_lock_refused(&e) => Ok(None),
+        Err(e) => Err(map_err(e)),
+    }
+}
+
+/// Every write of a create in one statement: the account's new balances,
+/// the generation, its areas and their holds (batched), the idempotency key
+/// and the announcement. Returns the generation's `created_at` and
+/// `deadline_at`, or `None` when the key is held by a request that
+/// committed meanwhile (nothing is kept: the caller rolls back).
+async fn insert_generation(
+    c: &impl Sql,
+    new: &NewGeneration,
+    account: &terrace_domain::Account,
+    sources: &[CreditSource],
+    key: Option<&IdempotencyClaim>,
+    ttl: f64,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+    let n = |v: u64| i64::try_from(v).map_err(corrupt);
+    let areas = &new.request.areas;
+    let positions: Vec<i16> =
+        (0..areas.len()).map(|i| i16::try_from(i).map_err(corrupt)).collect::<Result<_, _>>()?;
+    let kinds: Vec<&str> = areas.iter().map(|a| a.area.as_str()).collect();
+    let styles: Vec<&str> = areas.iter().map(|a| a.style.as_str()).collect();
+    let prompts: Vec<Option<&str>> =
+        areas.iter().map(|a| a.custom_prompt.as_ref().map(|p| p.as_str())).collect();
+    let strengths: Vec<f64> = areas.iter().map(|a| a.preservation_strength.get()).collect();
+    let holds: Vec<&str> = sources.iter().map(|s| s.as_str()).collect();
+    let amounts: Vec<i64> = sources.iter().map(|s| n(s.per_area())).collect::<Result<_, _>>()?;
+    let payload = crate::listen::payload(&Notification::Created(new.id));
+    let row = c
+        .query_one_cached(
+            "WITH account AS (
+                 UPDATE accounts SET trial_credits = $2, token_balance = $3, held = $4, updated_at = now()
+                 WHERE user_id = $1),
+             generation AS (
+                 INSERT INTO generations (id, user_id, request_id, status, address, deadline_at)
+                 VALUES ($5, $1, $6, 'pending', $7, now() + make_interval(secs => $8))
+                 RETURNING created_at, deadline_at),
+             areas AS (
+                 INSERT INTO generation_areas (generation_id, position, area, style, custom_prompt,
+                     preservation_strength, status, stage, progress, hold_source, hold_state)
+                 SELECT $5, position, area, style, prompt, strength, 'pending', 'queued', 0, source, 'held'
+                   FROM unnest($9::smallint[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::text[])
+                        AS t(position, area, style, prompt, strength, source)),
+             holds AS (
+                 INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area)
+                 SELECT $1, 'hold', amount, source, $5, area
+                   FROM unnest($10::text[], $14::text[], $15::bigint[]) AS t(area, source, amount)),
+             idempotency AS (
+                 INSERT INTO idempotency_keys (user_id, key, request_hash, generation_id, expires_at)
+                 SELECT $1, $16, $17, $5, now() + make_interval(secs => $18) WHERE $16::text IS NOT NULL
+                 ON CONFLICT (user_id, key) DO UPDATE SET
+                     request_hash = EXCLUDED.request_hash, generation_id = EXCLUDED.generation_id,
+                     response_status = NULL, response_body = NULL, created_at = now(),
+                     expires_at = EXCLUDED.expires_at
+                 WHERE idempotency_keys.expires_at <= now()
+                 RETURNING 1),
+             announced AS (SELECT pg_notify($19, $20))
+             SELECT g.created_at, g.deadline_at,
+                    $16::text IS NULL OR EXISTS (SELECT 1 FROM idempotency),
+                    (SELECT count(*) FROM announced)
+               FROM generation g",
+            &[
+                &new.user_id.0,
+                &n(account.trial_credits)?,
+                &n(account.token_balance)?,
+                &n(account.held)?,
+                &new.id.0,
+                &new.request_id.as_str(),
+                &new.request.address.as_str(),
+                &secs(new.deadline),
+                &positions,
+                &kinds,
+                &styles,
+                &prompts,
+                &strengths,
+                &holds,
+                &amounts,
+                &key.map(|k| k.key.as_str()),
+                &key.map(|k| k.request_hash.as_str()),
+                &ttl,
+                &crate::listen::CHANNEL,
+                &payload,
+            ],
         )
         .await
-        .map_err(map_err)?
-    else {
-        return Ok(None);
-    };
-    let hash: String = row.get(0);
-    if hash != claim.request_hash {
-        return Err(CreateError::IdempotencyKeyReused);
-    }
-    let id = GenerationId(row.get(1));
-    let generation = load_one(c, id, false).await?.ok_or(StoreError::NotFound)?;
-    Ok(Some(CreateOutcome::Replayed(generation)))
+        .map_err(map_err)?;
+    let key_stored: bool = row.get(2);
+    Ok(key_stored.then(|| (row.get(0), row.get(1))))
 }
 
 impl PgStore {
@@ -313,112 +456,45 @@ impl GenerationStore for PgStore {
         new: NewGeneration,
         idempotency: Option<IdempotencyClaim>,
     ) -> Result<CreateOutcome, CreateError> {
-        let lock = self.db().lock;
-        let ttl = secs(self.db().idempotency_ttl);
+        let (lock, ttl) = (self.db().lock, secs(self.db().idempotency_ttl));
         let new = &new;
         let idempotency = idempotency.as_ref();
+        // One transaction, three statements between BEGIN and COMMIT (four
+        // with a lock timeout): open and lock the account (with the key's
+        // earlier use, if any), then every write at once.
         self.db()
             .run("create", async |c| {
-                if let Some(claim) = idempotency {
-                    if let Some(out) = replay(&*c, new.user_id, claim).await? {
-                        return Ok(out);
-                    }
-                }
-                open_account(&*c, new.user_id, new.trial_credits).await?;
                 let tx = c.transaction().await.map_err(map_err)?;
-                let Some((mut account, subscribed)) = lock_account(&tx, new.user_id, lock).await? else {
+                let Some(found) = open_and_lock(&tx, new, idempotency, lock).await? else {
                     return Err(CreateError::AccountBusy);
                 };
-                if let Some(claim) = idempotency {
-                    // A request with the same key may have committed meanwhile.
-                    if let Some(out) = replay(&tx, new.user_id, claim).await? {
-                        return Ok(out);
+                if let Some((hash, earlier)) = found.replay {
+                    if Some(hash.as_str()) != idempotency.map(|k| k.request_hash.as_str()) {
+                        return Err(CreateError::IdempotencyKeyReused);
                     }
+                    let generation = load_one(&tx, earlier, false).await?.ok_or(StoreError::NotFound)?;
+                    tx.commit().await.map_err(map_err)?;
+                    return Ok(CreateOutcome::Replayed(generation));
                 }
-                let sources = account.hold(new.request.areas.len(), subscribed).map_err(|e| {
-                    CreateError::InsufficientCredits { needed: e.needed, available: e.available }
-                })?;
-                let n = |v: u64| i64::try_from(v).map_err(corrupt);
-                tx.execute_cached(
-                    "UPDATE accounts SET trial_credits = $2, token_balance = $3, held = $4, updated_at = now() \
-                     WHERE user_id = $1",
-                    &[&new.user_id.0, &n(account.trial_credits)?, &n(account.token_balance)?, &n(account.held)?],
-                )
-                .await
-                .map_err(map_err)?;
-                let times = tx
-                    .query_one_cached(
-                    "INSERT INTO generations (id, user_id, request_id, status, address, deadline_at) \
-                     VALUES ($1, $2, $3, 'pending', $4, now() + make_interval(secs => $5)) \
-                     RETURNING created_at, deadline_at",
-                    &[
-                        &new.id.0,
-                        &new.user_id.0,
-                        &new.request_id.as_str(),
-                        &new.request.address.as_str(),
-                        &secs(new.deadline),
-                    ],
-                )
-                .await
-                .map_err(map_err)?;
-                for (i, (spec, source)) in new.request.areas.iter().zip(&sources).enumerate() {
-                    let position = i16::try_from(i).map_err(corrupt)?;
-                    tx.execute_cached(
-                        "INSERT INTO generation_areas (generation_id, position, area, style, custom_prompt, \
-                         preservation_strength, status, stage, progress, hold_source, hold_state) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 'queued', 0, $7, 'held')",
-                        &[
-                            &new.id.0,
-                            &position,
-                            &spec.area.as_str(),
-                            &spec.style.as_str(),
-                            &spec.custom_prompt.as_ref().map(|p| p.as_str()),
-                            &spec.preservation_strength.get(),
-                            &source.as_str(),
-                        ],
-                    )
-                    .await
-                    .map_err(map_err)?;
-                    tx.execute_cached(
-                        "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
-                         VALUES ($1, 'hold', $5, $2, $3, $4)",
-                        &[
-                            &new.user_id.0,
-                            &source.as_str(),
-                            &new.id.0,
-                            &spec.area.as_str(),
-                            &i64::try_from(source.per_area()).map_err(corrupt)?,
-                        ],
-                    )
-                    .await
-                    .map_err(map_err)?;
-                }
-                if let Some(claim) = idempotency {
-                    let stored = tx
-                        .execute_cached(
-                            "INSERT INTO idempotency_keys (user_id, key, request_hash, generation_id, expires_at) \
-                             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
-                             ON CONFLICT (user_id, key) DO UPDATE SET \
-                                 request_hash = EXCLUDED.request_hash, generation_id = EXCLUDED.generation_id, \
-                                 response_status = NULL, response_body = NULL, created_at = now(), \
-                                 expires_at = EXCLUDED.expires_at \
-                             WHERE idempotency_keys.expires_at <= now()",
-                            &[
-                                &new.user_id.0,
-                                &claim.key.as_str(),
-                                &claim.request_hash,
-                                &new.id.0,
-                                &ttl,
-                            ],
-                        )
-                        .await
-                        .map_err(map_err)?;
-                    if stored == 0 {
-                        // Another request holds the key and has not finished.
-                        return Err(CreateError::AccountBusy);
+                let mut account = found.account;
+                let sources = match account.hold(new.request.areas.len(), found.subscribed) {
+                    Ok(sources) => sources,
+                    Err(e) => {
+                        // Nothing was held; the account stays open, with its trial.
+                        tx.commit().await.map_err(map_err)?;
+                        return Err(CreateError::InsufficientCredits {
+                            needed: e.needed,
+                            available: e.available,
+                        });
                     }
-                }
-                notify(&tx, &Notification::Created(new.id)).await?;
+                };
+                let Some((created_at, deadline_at)) =
+                    insert_generation(&tx, new, &account, &sources, idempotency, ttl).await?
+                else {
+                    // The key was taken by a request that committed while
+                    // this one waited for the lock: its retry replays it.
+                    return Err(CreateError::AccountBusy);
+                };
                 tx.commit().await.map_err(map_err)?;
                 // What was written, without reading it back.
                 let created = Created {
@@ -428,7 +504,7 @@ impl GenerationStore for PgStore {
                     request: new.request.clone(),
                     sources,
                 };
-                Ok(CreateOutcome::Created(Generation::created(created, times.get(0), times.get(1))))
+                Ok(CreateOutcome::Created(Generation::created(created, created_at, deadline_at)))
             })
             .await
     }
