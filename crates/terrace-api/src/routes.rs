@@ -153,7 +153,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
 }
 
 /// Says a serde message in the words of the wire: JSON's types, never the
-/// Rust types behind them (`expected struct RawGrant`, `expected i64`).
+/// Rust types behind them (`expected struct GrantRequest`, `expected i64`).
 fn wire_words(message: &str) -> String {
     let mut out = Vec::new();
     let mut words = message.split(' ').peekable();
