@@ -8,9 +8,8 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use terrace_api::{
-    Api, ApiConfig, Deps, Jwt, Metrics, ObjectBlobStore, Routes, ServeOptions, TaskView, Work,
-};
+use terrace_api::{Api, Deps, Jwt, Metrics, ServeOptions, TaskView, Work};
+use terrace_blobs::ObjectBlobStore;
 use terrace_domain::{GenerationId, UserId};
 use terrace_engine::{Engine, Sweeper};
 use terrace_ports::{
@@ -78,7 +77,7 @@ impl App {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
         let blobs: Arc<dyn BlobStore> = Arc::new(
-            ObjectBlobStore::from_url(&cfg.blob_url, cfg.policies.blob_timeout)
+            ObjectBlobStore::from_url(&cfg.blob_url, cfg.policies.blob_timeout, cfg.policies.blob_retries)
                 .map_err(|e| ConfigError { var: "TERRACE_BLOB_URL", message: e.to_string() })?,
         );
         info!(blob_url = %cfg.blob_url, "blob store ready");
@@ -153,7 +152,7 @@ impl App {
             warn!("TERRACE_ROLE=api in dev mode: nothing will run the generations this instance creates");
         }
 
-        let mut api_cfg = api_config(&cfg);
+        let mut api_cfg = cfg.api.clone();
         if let Some(p) = &payments {
             api_cfg.billing = stripe::billing_config(&cfg, addr, p);
         }
@@ -240,7 +239,7 @@ impl App {
         } = self;
         let grace = cfg.policies.shutdown_grace;
         let drain = grace - (grace / 5).min(Duration::from_secs(2));
-        let options = ServeOptions { header_read_timeout: cfg.header_read_timeout, grace: drain };
+        let options = ServeOptions { header_read_timeout: cfg.api.header_read_timeout, grace: drain };
         // Served here, not spawned: it ends when this does.
         let server = terrace_api::serve(listener, api.router(), options, shutdown.clone());
         tokio::pin!(server);
@@ -290,26 +289,6 @@ impl App {
         info!("stopped");
         Ok(())
     }
-}
-
-/// The API's configuration, from the instance's.
-fn api_config(cfg: &Config) -> ApiConfig {
-    let mut api = ApiConfig::new(
-        cfg.trial_credits,
-        cfg.policies.generation_timeout,
-        cfg.policies.lease.ttl,
-        cfg.policies.db.acquire_timeout,
-        cfg.policies.db.call_timeout(),
-    );
-    api.routes = if cfg.role.serves_api() { Routes::All } else { Routes::OpsOnly };
-    api.header_read_timeout = cfg.header_read_timeout;
-    api.request_timeout = cfg.request_timeout;
-    api.max_requests = cfg.max_requests;
-    api.max_event_streams = cfg.max_event_streams;
-    api.max_requests_per_user = cfg.max_requests_per_user;
-    api.max_streams_per_user = cfg.max_streams_per_user;
-    api.keepalive_interval = cfg.event_keepalive;
-    api
 }
 
 fn random_secret() -> String {

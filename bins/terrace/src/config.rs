@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+use terrace_api::{ApiConfig, Routes};
 use terrace_domain::{DbPolicy, LeasePolicy, LockPolicy, Policies, RetryPolicy};
 
 /// A bad configuration value: the variable and what is wrong with it.
@@ -103,15 +104,11 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// The audience a token with an `aud` claim must name.
     pub jwt_audience: String,
-    pub trial_credits: u64,
     pub policies: Policies,
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_requests: usize,
-    pub max_event_streams: usize,
-    pub max_requests_per_user: usize,
-    pub max_streams_per_user: usize,
-    pub event_keepalive: Duration,
+    /// The API and its edge: built from the policies, with the edge's
+    /// limits from their variables (`TERRACE_REQUEST_TIMEOUT`, …) or the
+    /// API's own defaults. `App::build` adds billing and the web app.
+    pub api: ApiConfig,
     pub worker_id: Option<String>,
     pub log_format: LogFormat,
     /// Where the web app's "Sign in" link goes (`TERRACE_SUPABASE_URL`).
@@ -250,17 +247,21 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         _ => {}
     }
     let jwt_audience = env.string("TERRACE_JWT_AUDIENCE", terrace_api::DEFAULT_AUDIENCE).trim().to_owned();
-    let trial_credits = env.number("TERRACE_TRIAL_CREDITS", 3u64, (0, 1_000_000))?;
 
     let policies = policies(env)?;
 
-    let header_read_timeout = env.duration("TERRACE_HEADER_READ_TIMEOUT", Duration::from_secs(10))?;
-    let request_timeout = env.duration("TERRACE_REQUEST_TIMEOUT", Duration::from_secs(30))?;
-    let max_requests = env.number("TERRACE_MAX_CONCURRENT_REQUESTS", 512usize, (1, 1_000_000))?;
-    let max_event_streams = env.number("TERRACE_MAX_EVENT_STREAMS", 1024usize, (1, 1_000_000))?;
-    let max_requests_per_user = env.number("TERRACE_MAX_REQUESTS_PER_USER", 32usize, (1, 1_000_000))?;
-    let max_streams_per_user = env.number("TERRACE_MAX_STREAMS_PER_USER", 8usize, (1, 1_000_000))?;
-    let event_keepalive = env.duration("TERRACE_EVENT_KEEPALIVE", Duration::from_secs(15))?;
+    // The edge's limits: its own defaults (CONTRACT §5), unless set.
+    let mut api = ApiConfig::from_policies(&policies);
+    api.routes = if role.serves_api() { Routes::All } else { Routes::OpsOnly };
+    api.header_read_timeout = env.duration("TERRACE_HEADER_READ_TIMEOUT", api.header_read_timeout)?;
+    api.request_timeout = env.duration("TERRACE_REQUEST_TIMEOUT", api.request_timeout)?;
+    let limit = (1, 1_000_000);
+    api.max_requests = env.number("TERRACE_MAX_CONCURRENT_REQUESTS", api.max_requests, limit)?;
+    api.max_event_streams = env.number("TERRACE_MAX_EVENT_STREAMS", api.max_event_streams, limit)?;
+    api.max_requests_per_user =
+        env.number("TERRACE_MAX_REQUESTS_PER_USER", api.max_requests_per_user, limit)?;
+    api.max_streams_per_user = env.number("TERRACE_MAX_STREAMS_PER_USER", api.max_streams_per_user, limit)?;
+    api.keepalive_interval = env.duration("TERRACE_EVENT_KEEPALIVE", api.keepalive_interval)?;
     let worker_id = env.raw("TERRACE_WORKER_ID").map(str::to_owned);
     let log_format = match env.string("TERRACE_LOG_FORMAT", "text").trim() {
         "text" => LogFormat::Text,
@@ -315,15 +316,8 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         gemini_model,
         jwt_secret,
         jwt_audience,
-        trial_credits,
         policies,
-        header_read_timeout,
-        request_timeout,
-        max_requests,
-        max_event_streams,
-        max_requests_per_user,
-        max_streams_per_user,
-        event_keepalive,
+        api,
         worker_id,
         log_format,
         supabase_url,
@@ -396,9 +390,11 @@ pub fn policies(env: &Env<'_>) -> Result<Policies, ConfigError> {
         lease: LeasePolicy { ttl: lease_ttl, heartbeat_interval, sweep_interval, max_running, sweep_batch },
         shutdown_grace,
         blob_timeout,
+        blob_retries: 2,
         // The same backoff; attempts bounded only by the write's deadline.
         settle_retry: RetryPolicy { max_attempts: u32::MAX, ..retry.clone() },
         idempotency_ttl: terrace_domain::policy::IDEMPOTENCY_TTL,
+        trial_credits: env.number("TERRACE_TRIAL_CREDITS", 3u64, (0, 1_000_000))?,
     };
     policies.validate().map_err(|e| err("TERRACE_*", e.to_string()))?;
     Ok(policies)
@@ -419,7 +415,10 @@ mod tests {
         assert_eq!(c.bind.to_string(), "127.0.0.1:8000");
         assert_eq!(c.role, Role::All);
         assert_eq!(c.google, Google::Simulator);
-        assert_eq!(c.trial_credits, 3);
+        assert_eq!(c.policies.trial_credits, 3);
+        assert_eq!(c.api.trial_credits, 3);
+        assert_eq!(c.api.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.api.max_requests_per_user, 32);
         assert_eq!(c.policies.generation_timeout, Duration::from_secs(300));
         assert_eq!(c.policies.area_timeout, Duration::from_secs(240));
         assert_eq!(c.policies.db.acquire_timeout, Duration::from_secs(5));

@@ -4,19 +4,16 @@
 //!   (every route of §4, problems as `application/problem+json`, `X-Request-Id`).
 //! - [`serve`] runs the accept loop on hyper with a timer (so the header read
 //!   timeout works) and drains connections on shutdown within a grace period.
-//! - [`Metrics`] is CONTRACT §6 over prometheus-client and the [`terrace_ports::Observer`].
-//! - [`ObjectBlobStore`] is the blob store over `object_store`.
+//! - [`Metrics`] (from terrace-metrics) is CONTRACT §6: the API serves it at `/metrics`.
 //!
 //! Only this crate knows HTTP and the wire JSON; it never runs generations
 //! itself: it creates them in the store and wakes the [`Work`] that runs them.
 
 mod auth;
 mod billing;
-mod blobs;
 mod digest;
 mod edge;
 mod events;
-mod metrics;
 mod problem;
 mod routes;
 mod server;
@@ -24,11 +21,10 @@ mod views;
 mod wire;
 
 pub use auth::{ADMIN_ROLE, Caller, DEFAULT_AUDIENCE, Jwt};
-pub use blobs::{BlobUrlError, ObjectBlobStore, sniff_content_type};
 pub use edge::REQUEST_ID_HEADER;
-pub use metrics::{GENERATION_BUCKETS, Metrics, UPSTREAM_BUCKETS};
 pub use problem::{FieldError, Problem};
 pub use server::{Drained, ServeOptions, serve};
+pub use terrace_metrics::{GENERATION_BUCKETS, Metrics, UPSTREAM_BUCKETS};
 pub use terrace_web::WebConfig;
 pub use terrace_wire::TaskView;
 
@@ -116,6 +112,18 @@ pub struct BillingConfig {
 }
 
 impl ApiConfig {
+    /// The API's configuration for an instance running under `policies`,
+    /// with the wire limits of CONTRACT §5.
+    pub fn from_policies(policies: &terrace_domain::Policies) -> Self {
+        Self::new(
+            policies.trial_credits,
+            policies.generation_timeout,
+            policies.lease.ttl,
+            policies.db.acquire_timeout,
+            policies.db.call_timeout(),
+        )
+    }
+
     pub fn new(
         trial_credits: u64,
         generation_timeout: Duration,

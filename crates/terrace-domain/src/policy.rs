@@ -27,8 +27,10 @@ pub struct Policies {
     pub lease: LeasePolicy,
     /// On shutdown: how long running work gets to hand itself back.
     pub shutdown_grace: Duration,
-    /// Storing one image in the blob store.
+    /// One blob store call (storing or reading an image), its retries included.
     pub blob_timeout: Duration,
+    /// Retries the blob store's client may make within `blob_timeout`.
+    pub blob_retries: usize,
     /// The writes that resolve holds (capture, void, finish): retried with
     /// this backoff for as long as their deadline allows, so attempts are
     /// normally unbounded (`u32::MAX`) and time is the bound.
@@ -36,6 +38,8 @@ pub struct Policies {
     /// How long an `Idempotency-Key` is honoured (CONTRACT §4:
     /// [`IDEMPOTENCY_TTL`]).
     pub idempotency_ttl: Duration,
+    /// The trial credits an account opens with.
+    pub trial_credits: u64,
 }
 
 /// The contract's idempotency window: 24 h.

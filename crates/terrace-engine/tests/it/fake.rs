@@ -56,6 +56,7 @@ pub fn policies() -> Policies {
         },
         shutdown_grace: Duration::from_secs(30),
         blob_timeout: Duration::from_secs(10),
+        blob_retries: 2,
         settle_retry: RetryPolicy {
             max_attempts: u32::MAX,
             initial_backoff: Duration::from_secs(1),
@@ -63,6 +64,7 @@ pub fn policies() -> Policies {
             max_retry_after: Duration::from_secs(60),
         },
         idempotency_ttl: terrace_domain::policy::IDEMPOTENCY_TTL,
+        trial_credits: 3,
     }
 }
 

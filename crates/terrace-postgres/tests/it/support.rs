@@ -72,6 +72,7 @@ pub fn policies() -> Policies {
         },
         shutdown_grace: Duration::from_secs(2),
         blob_timeout: Duration::from_secs(2),
+        blob_retries: 2,
         settle_retry: RetryPolicy {
             max_attempts: u32::MAX,
             initial_backoff: Duration::from_millis(50),
@@ -79,6 +80,7 @@ pub fn policies() -> Policies {
             max_retry_after: Duration::from_secs(1),
         },
         idempotency_ttl: terrace_domain::policy::IDEMPOTENCY_TTL,
+        trial_credits: 3,
     }
 }
 

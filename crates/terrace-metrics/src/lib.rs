@@ -8,7 +8,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -222,19 +222,22 @@ impl Metrics {
     }
 
     /// A Stripe webhook and what it came to.
-    pub(crate) fn webhook(&self, kind: &str, outcome: &'static str) {
+    /// One Stripe webhook and what became of it.
+    pub fn webhook(&self, kind: &str, outcome: &'static str) {
         // `unknown`: refused before its type was read.
         let kind = if kind == "unknown" || WEBHOOK_TYPES.contains(&kind) { kind } else { "other" };
         self.webhooks.get_or_create(&vec![("type", kind.to_owned()), ("outcome", outcome.to_owned())]).inc();
     }
 
     /// A request refused at the edge, by reason.
-    pub(crate) fn rejected(&self, reason: &'static str) {
+    /// A request the edge refused, by why.
+    pub fn rejected(&self, reason: &'static str) {
         self.requests_rejected.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
     }
 
     /// One more (or one fewer) open event stream.
-    pub(crate) fn event_streams(&self) -> &Gauge {
+    /// The open event streams.
+    pub fn event_streams(&self) -> &Gauge {
         &self.event_streams
     }
 

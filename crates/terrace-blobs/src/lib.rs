@@ -31,7 +31,9 @@ pub struct BlobUrlError(pub String);
 
 impl ObjectBlobStore {
     /// A store for `url`: `file:///dir` (created if missing), `memory://`.
-    pub fn from_url(url: &str, timeout: Duration) -> Result<Self, BlobUrlError> {
+    /// `timeout` bounds every call, the client's own retries (at most
+    /// `max_retries`, cloud backends only) included.
+    pub fn from_url(url: &str, timeout: Duration, max_retries: usize) -> Result<Self, BlobUrlError> {
         let parsed = url::Url::parse(url).map_err(|e| BlobUrlError(format!("{url:?} is not a URL: {e}")))?;
         match parsed.scheme() {
             "memory" => {
@@ -53,7 +55,7 @@ impl ObjectBlobStore {
                 })?;
                 let prefix = Path::from(parsed.path().trim_matches('/'));
                 let retry = object_store::RetryConfig {
-                    max_retries: 2,
+                    max_retries,
                     retry_timeout: timeout,
                     backoff: object_store::BackoffConfig::default(),
                 };
@@ -154,27 +156,27 @@ mod tests {
 
     #[tokio::test]
     async fn memory_and_file_stores_round_trip() {
-        round_trip(ObjectBlobStore::from_url("memory://", Duration::from_secs(5)).unwrap()).await;
+        round_trip(ObjectBlobStore::from_url("memory://", Duration::from_secs(5), 2).unwrap()).await;
         let dir = std::env::temp_dir().join(format!("terrace-blobs-{}", uuid::Uuid::new_v4()));
         let url = format!("file://{}", dir.display());
-        round_trip(ObjectBlobStore::from_url(&url, Duration::from_secs(5)).unwrap()).await;
+        round_trip(ObjectBlobStore::from_url(&url, Duration::from_secs(5), 2).unwrap()).await;
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn cloud_urls_build_a_store_under_their_prefix() {
         // Building makes no request; nothing here reaches the network.
-        let s3 = ObjectBlobStore::from_url("s3://bucket/designs/prod", Duration::from_secs(1)).unwrap();
+        let s3 = ObjectBlobStore::from_url("s3://bucket/designs/prod", Duration::from_secs(1), 2).unwrap();
         assert_eq!(s3.path("generations/g/areas/patio").as_ref(), "designs/prod/generations/g/areas/patio");
-        let gs = ObjectBlobStore::from_url("gs://bucket", Duration::from_secs(1)).unwrap();
+        let gs = ObjectBlobStore::from_url("gs://bucket", Duration::from_secs(1), 2).unwrap();
         assert_eq!(gs.path("generations/g/source/satellite").as_ref(), "generations/g/source/satellite");
     }
 
     #[test]
     fn unknown_schemes_are_refused_by_name() {
-        let e = ObjectBlobStore::from_url("ftp://x", Duration::from_secs(1)).unwrap_err();
+        let e = ObjectBlobStore::from_url("ftp://x", Duration::from_secs(1), 2).unwrap_err();
         assert!(e.0.contains("ftp"));
-        assert!(ObjectBlobStore::from_url("s3:///no-bucket", Duration::from_secs(1)).is_err());
+        assert!(ObjectBlobStore::from_url("s3:///no-bucket", Duration::from_secs(1), 2).is_err());
         assert_eq!(sniff_content_type(&[0xff, 0xd8, 0xff, 0xe0]), "image/jpeg");
     }
 }
