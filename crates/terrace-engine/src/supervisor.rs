@@ -4,7 +4,7 @@
 //! runs untracked.
 
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -77,7 +77,7 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct StageReporter {
     id: GenerationId,
-    tasks: Arc<Mutex<HashMap<GenerationId, Entry>>>,
+    tasks: Arc<Mutex<BTreeMap<GenerationId, Entry>>>,
 }
 
 impl StageReporter {
@@ -97,11 +97,12 @@ pub struct ShutdownReport {
     pub drained: bool,
 }
 
-/// Tracks every task the engine runs.
+/// Tracks every task the engine runs. Tasks are kept in id order, so that
+/// they are listed, and told to stop, in the same order on every run.
 #[derive(Debug, Clone, Default)]
 pub struct Supervisor {
     tracker: TaskTracker,
-    tasks: Arc<Mutex<HashMap<GenerationId, Entry>>>,
+    tasks: Arc<Mutex<BTreeMap<GenerationId, Entry>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,7 +112,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Removes a task's entry however the task ends (finishes, panics, dropped).
 struct Deregister {
     id: GenerationId,
-    tasks: Arc<Mutex<HashMap<GenerationId, Entry>>>,
+    tasks: Arc<Mutex<BTreeMap<GenerationId, Entry>>>,
 }
 
 impl Drop for Deregister {

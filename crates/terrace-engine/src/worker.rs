@@ -1,5 +1,10 @@
 //! An instance's worker: the loops that claim, heartbeat, sweep and deliver
 //! cancellation, and the handle the binary and the API hold.
+//!
+//! Every loop's `select!` is `biased` with its stop signal first: a loop
+//! told to stop never starts another round, and which branch wins never
+//! depends on a random draw, so that one schedule (paused time, one thread)
+//! always runs the same way.
 
 use crate::Ports;
 use crate::retry::bounded;
@@ -50,6 +55,7 @@ impl Sweeper {
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => sweep_once(&*store, limit, batch).await,
                 }
@@ -204,6 +210,7 @@ impl Engine {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
                 _ = self.inner.wake.notified() => {}
                 _ = tick.tick() => {}
@@ -218,6 +225,7 @@ impl Engine {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => self.heartbeat().await,
             }
@@ -263,6 +271,7 @@ impl Engine {
             let mut events = self.inner.ports.store.notifications();
             loop {
                 let next = tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return,
                     n = events.next() => n,
                 };
@@ -278,6 +287,7 @@ impl Engine {
             // The stream ended (its connection dropped): subscribe again after
             // a pause; heartbeats and sweeps cover the gap.
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => return,
                 _ = sleep(Duration::from_secs(1)) => {}
             }
