@@ -147,11 +147,13 @@ impl Engine {
     }
 
     /// Stops claiming, tells every running generation to hand itself back,
-    /// and waits at most `grace` for them.
+    /// and waits at most `grace` for them. It drained when every task ended,
+    /// its sweeper's included.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.inner.stop_loops.cancel();
-        let (report, _) =
+        let (report, swept) =
             tokio::join!(self.inner.supervisor.shutdown(grace), self.inner.sweeper.shutdown(grace));
+        let report = ShutdownReport { drained: report.drained && swept.drained, ..report };
         info!(stopped = report.stopped, drained = report.drained, "worker stopped");
         report
     }

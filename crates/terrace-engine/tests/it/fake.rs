@@ -10,17 +10,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use terrace_domain::input::{RawAreaRequest, RawGenerationRequest};
-use terrace_domain::state::AreaStatus;
+use terrace_domain::rules::Resolution;
+use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
-    Address, DbPolicy, DesignError, ErrorCode, GenerationId, GenerationRequest, GenerationStatus,
-    GeocodeError, Geocoded, ImageryError, LatLng, LeasePolicy, LockPolicy, Policies, RequestId, RetryPolicy,
-    TimeoutKind, UserId,
+    Address, AreaKind, DbPolicy, DesignError, ErrorCode, Failure, GenerationId, GenerationRequest,
+    GenerationStatus, GeocodeError, Geocoded, ImageryError, LatLng, LeasePolicy, LockPolicy, Policies,
+    RequestId, RetryPolicy, StoreError, TimeoutKind, UserId,
 };
 use terrace_engine::Ports;
 use terrace_memory::{MemoryBlobs, MemoryStore, TokioClock};
 use terrace_ports::{
-    DesignEvent, DesignModel, DesignRequest, DesignStream, Geocoder, Image, Imagery, NewGeneration, Observer,
-    Panorama, Upstream, UpstreamOutcome,
+    DesignEvent, DesignModel, DesignRequest, DesignStream, Geocoder, Image, Imagery, Lease, NewGeneration,
+    Observer, Panorama, Upstream, UpstreamOutcome, WorkerId,
 };
 
 pub fn policies() -> Policies {
@@ -329,5 +330,116 @@ impl World {
         assert!(violations.is_empty(), "{violations:?}");
         let held = self.store.gauges(Duration::from_secs(30)).await.unwrap().credits_held;
         assert_eq!(held, 0, "credits still held");
+    }
+}
+
+/// A memory store whose sweeps never answer (a hung `end_overdue`); every
+/// other call goes straight to the store.
+#[derive(Debug)]
+pub struct HangingSweeps {
+    pub store: MemoryStore,
+    pub sweeps: AtomicU32,
+}
+
+#[async_trait]
+impl terrace_ports::GenerationStore for HangingSweeps {
+    async fn create(
+        &self,
+        new: NewGeneration,
+        key: Option<terrace_ports::IdempotencyClaim>,
+    ) -> Result<terrace_ports::CreateOutcome, terrace_domain::CreateError> {
+        self.store.create(new, key).await
+    }
+    async fn get(&self, id: GenerationId) -> Result<Option<terrace_domain::Generation>, StoreError> {
+        self.store.get(id).await
+    }
+    async fn list(
+        &self,
+        user: UserId,
+        query: terrace_ports::ListQuery,
+    ) -> Result<terrace_ports::Page<terrace_domain::Generation>, StoreError> {
+        self.store.list(user, query).await
+    }
+    async fn cancel(&self, id: GenerationId) -> Result<terrace_ports::CancelOutcome, StoreError> {
+        self.store.cancel(id).await
+    }
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<terrace_domain::Generation>, StoreError> {
+        self.store.claim(owner, ttl, limit).await
+    }
+    async fn claim_one(
+        &self,
+        id: GenerationId,
+        owner: &WorkerId,
+        ttl: Duration,
+    ) -> Result<Option<terrace_domain::Generation>, StoreError> {
+        self.store.claim_one(id, owner, ttl).await
+    }
+    async fn heartbeat(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+    ) -> Result<Vec<terrace_ports::LeaseState>, StoreError> {
+        self.store.heartbeat(owner, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.store.release(lease).await
+    }
+    async fn record_geocode(&self, lease: &Lease, geocoded: &Geocoded) -> Result<(), StoreError> {
+        self.store.record_geocode(lease, geocoded).await
+    }
+    async fn advance_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        stage: AreaStage,
+        progress: u8,
+    ) -> Result<(), StoreError> {
+        self.store.advance_area(lease, area, stage, progress).await
+    }
+    async fn complete_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        key: &str,
+    ) -> Result<Vec<Resolution>, StoreError> {
+        self.store.complete_area(lease, area, key).await
+    }
+    async fn end_area(
+        &self,
+        lease: &Lease,
+        area: AreaKind,
+        status: AreaStatus,
+        failure: &Failure,
+    ) -> Result<Vec<Resolution>, StoreError> {
+        self.store.end_area(lease, area, status, failure).await
+    }
+    async fn finish(
+        &self,
+        lease: &Lease,
+        unfinished: AreaStatus,
+        failure: &Failure,
+    ) -> Result<terrace_ports::Finished, StoreError> {
+        self.store.finish(lease, unfinished, failure).await
+    }
+    async fn end_overdue(&self, _: usize) -> Result<Vec<GenerationId>, StoreError> {
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        futures::future::pending().await
+    }
+    fn notifications(&self) -> futures::stream::BoxStream<'static, terrace_ports::Notification> {
+        self.store.notifications()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+    async fn gauges(&self, ttl: Duration) -> Result<terrace_ports::StoreGauges, StoreError> {
+        self.store.gauges(ttl).await
+    }
+    fn pool_status(&self) -> Option<terrace_ports::PoolStatus> {
+        None
     }
 }

@@ -1,7 +1,7 @@
 //! The worker: claiming, handing back, rescuing, cancelling, sweeping, and
 //! shutting down within its bound.
 
-use crate::fake::{Design, FakeGoogle, World, policies};
+use crate::fake::{Design, FakeGoogle, HangingSweeps, World, policies};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,4 +239,16 @@ async fn shutdown_waits_no_longer_than_its_grace_even_for_a_task_that_ignores_it
     assert_eq!((report.stopped, report.drained), (1, false));
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert!(!sup.spawn(info, |_, _| async {}), "a closed supervisor starts nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_says_it_drained_only_once_its_sweeper_has_too() {
+    let world = World::new(FakeGoogle::new());
+    let store = Arc::new(HangingSweeps { store: world.store.clone(), sweeps: Default::default() });
+    let ports = terrace_engine::Ports { store: store.clone(), ..world.ports.clone() };
+    let e = Engine::start(ports, policies(), WorkerId("a".into()));
+    wait_until(Duration::from_secs(1), || store.sweeps.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    let report = e.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(e.tracked_tasks(), 1, "the sweep's call still hangs (until the call limit)");
+    assert!(!report.drained, "{report:?} with a task left");
 }
