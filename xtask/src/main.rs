@@ -9,6 +9,11 @@
 //! - `loadtest [--generations N --users U --latency-ms L --concurrency C]`:
 //!   one instance on Postgres and the simulator, N concurrent generations;
 //!   writes `target/loadtest/report.{md,json}`.
+//! - `bench [--connections C --seconds T --warmup S --users U --out DIR
+//!   --only create|status]`: one `api` instance on a durable Postgres, the
+//!   server and Postgres pinned to their own CPUs; the create and status
+//!   paths each for T seconds on C connections, against a pgbench replay of
+//!   the same statements (the ceiling); writes `target/bench/report.{md,json}`.
 //! - `chaos`: three instances on one Postgres and a simulator injecting
 //!   faults; kills one instance mid-run and restarts it, restarts Postgres
 //!   once, then checks that every hold resolved.
@@ -22,6 +27,7 @@
 //! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
 //!   its URL (for running single tests by hand).
 
+mod bench;
 mod chaos;
 mod cluster;
 mod e2e;
@@ -62,6 +68,12 @@ fn run() -> Result<()> {
             cmd("cargo", &args)
         }
         "loadtest" => loadtest::run(&rest),
+        "bench" if cfg!(debug_assertions) => {
+            let mut args = vec!["run", "--release", "--quiet", "--locked", "-p", "xtask", "--", "bench"];
+            args.extend(rest.iter().map(String::as_str));
+            cmd("cargo", &args)
+        }
+        "bench" => bench::run(&rest),
         "chaos" => chaos::run(&rest),
         "lb" => lb::run(&rest),
         "e2e" => e2e::run(&rest),
@@ -73,7 +85,7 @@ fn run() -> Result<()> {
             std::io::stdin().read_line(&mut line)?;
             Ok(())
         }
-        _ => bail!("usage: cargo xtask <test|ci|loadtest|chaos|lb|e2e|postgres> [ARGS…]"),
+        _ => bail!("usage: cargo xtask <test|ci|loadtest|bench|chaos|lb|e2e|postgres> [ARGS…]"),
     }
 }
 
