@@ -50,17 +50,21 @@ fn failure(code: Option<String>, message: Option<String>) -> Result<Option<Failu
 /// in position order (a generation without areas, which no create makes,
 /// comes as one row of nulls there).
 macro_rules! load_sql {
-    () => {
-        "SELECT g.id, g.user_id, g.request_id, g.status, g.address, g.geocoded_address, g.lat, g.lng, \
+    ($which:literal) => {
+        concat!("SELECT g.id, g.user_id, g.request_id, g.status, g.address, g.geocoded_address, g.lat, g.lng, \
          g.error_code, g.error_message, g.created_at, g.started_at, g.completed_at, g.deadline_at, g.attempt, \
          g.cancel_requested, g.seq, \
          a.area, a.style, a.custom_prompt, a.preservation_strength, a.status, a.stage, a.progress, a.image_key, \
          a.error_code, a.error_message, a.completed_at, a.hold_source, a.hold_state \
          FROM generations g LEFT JOIN generation_areas a ON a.generation_id = g.id \
-         WHERE g.id = ANY($1) ORDER BY g.id, a.position"
+         WHERE ", $which, " ORDER BY g.id, a.position")
     };
 }
-const LOAD: &str = load_sql!();
+const LOAD: &str = load_sql!("g.id = ANY($1)");
+/// One generation: an equality, so that the server settles on one generic
+/// plan for the prepared statement instead of planning it at every call (as
+/// it does for `= ANY($1)`, whose array it cannot size in advance).
+const LOAD_ONE: &str = load_sql!("g.id = $1");
 /// Locks the generations' rows, in one order. Their areas are written only
 /// under that lock (every write locks its generation first), so theirs need
 /// none; and the read that follows is a statement of its own, so that it
@@ -162,7 +166,18 @@ pub(crate) async fn load_one(
     id: GenerationId,
     lock: bool,
 ) -> Result<Option<Generation>, StoreError> {
-    Ok(load(c, &[id.0], lock).await?.pop().map(|(g, _)| g))
+    if lock {
+        return Ok(load(c, &[id.0], true).await?.pop().map(|(g, _)| g));
+    }
+    let rows = c.query_cached(LOAD_ONE, &[&id.0]).await.map_err(map_err)?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let (mut g, _) = generation_head(first)?;
+    for row in &rows {
+        if row.get::<_, Option<&str>>(AREA_AT).is_some() {
+            g.areas.push(area(row, AREA_AT)?);
+        }
+    }
+    Ok(Some(g))
 }
 
 pub(crate) fn account(row: &Row) -> Result<Account, StoreError> {
