@@ -11,11 +11,11 @@ use crate::retry::bounded;
 use crate::runner::{RunOutcome, run_generation};
 use crate::supervisor::{ShutdownReport, StopReason, Supervisor, TaskInfo};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use terrace_domain::{Generation, Policies};
-use terrace_ports::{GenerationStore, Lease, Notification, WorkerId};
+use terrace_domain::{Generation, GenerationId, Policies};
+use terrace_ports::{GenerationStore, Lease, LeaseState, Notification, WorkerId};
 use tokio::sync::Notify;
 use tokio::time::{MissedTickBehavior, interval, sleep};
 use tokio_util::sync::CancellationToken;
@@ -236,7 +236,10 @@ impl Engine {
 
     /// Renews every lease in one call and reconciles: a generation this
     /// instance runs but no longer owns stops without writing; one whose user
-    /// asked to cancel stops as cancelled.
+    /// asked to cancel stops as cancelled; one it holds but runs nothing for
+    /// (a claim whose answer was lost, a claim of its own expired lease
+    /// while the old attempt still ran) runs here now, so that no lease is
+    /// kept alive for work nobody does.
     async fn heartbeat(&self) {
         let i = &self.inner;
         let running = i.supervisor.running();
@@ -264,6 +267,23 @@ impl Engine {
                     }
                 }
             }
+        }
+        let runs: HashSet<GenerationId> = i.supervisor.running().into_iter().map(|(id, _)| id).collect();
+        for held in leases.iter().filter(|l| !runs.contains(&l.generation_id)) {
+            self.adopt(held).await;
+        }
+    }
+
+    /// Runs a generation this instance holds the lease of, under that lease.
+    async fn adopt(&self, held: &LeaseState) {
+        let get = self.inner.ports.store.get(held.generation_id);
+        match bounded(self.call_limit(), "get", get).await {
+            Ok(Some(g)) if g.attempt == held.attempt && !g.status.is_terminal() => {
+                info!(generation_id = %g.id, attempt = g.attempt, "running work held here but not run");
+                self.run(g);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not read work held here"),
         }
     }
 

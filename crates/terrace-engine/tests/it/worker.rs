@@ -252,3 +252,24 @@ async fn a_shutdown_says_it_drained_only_once_its_sweeper_has_too() {
     assert_eq!(e.tracked_tasks(), 1, "the sweep's call still hangs (until the call limit)");
     assert!(!report.drained, "{report:?} with a task left");
 }
+
+#[tokio::test(start_paused = true)]
+async fn work_held_in_this_instance_s_name_but_not_run_here_is_run_at_its_next_heartbeat() {
+    let world = World::new(FakeGoogle::new().design("patio", &[], Design::HangBeforeFirstEvent));
+    let e = engine(&world, "a");
+    let (_, busy) = world.create(&["patio"], 3).await;
+    e.wake();
+    wait_until(Duration::from_secs(1), || e.active() == 1).await;
+    // A claim in this instance's name whose answer never came back (or of
+    // its own expired lease while the old attempt still ran): the lease is
+    // the instance's, and it runs nothing for it.
+    let (_, held) = world.create(&["backyard"], 3).await;
+    let claimed = world.store.claim_one(held, &WorkerId("a".into()), policies().lease.ttl).await.unwrap();
+    assert_eq!(claimed.map(|g| g.attempt), Some(1));
+    let bound = policies().lease.heartbeat_interval + Duration::from_secs(5);
+    let g = wait_for(&*world.ports.store, held, bound, |g| g.status.is_terminal()).await;
+    assert_eq!((g.status, g.attempt), (GenerationStatus::Completed, 1), "run under the lease it held");
+    assert_eq!(g.areas[0].hold, HoldState::Captured);
+    assert_eq!(world.store.get(busy).await.unwrap().unwrap().status, GenerationStatus::Processing);
+    e.shutdown(Duration::from_secs(5)).await;
+}
