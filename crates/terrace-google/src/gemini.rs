@@ -354,9 +354,14 @@ struct GeminiStream {
 
 impl GeminiStream {
     fn new(resp: reqwest::Response, inner: Arc<Inner>, start: Instant) -> Self {
+        Self::over(resp.bytes_stream().boxed(), inner, start)
+    }
+
+    /// The stream over a response body's chunks.
+    fn over(body: BoxStream<'static, reqwest::Result<Bytes>>, inner: Arc<Inner>, start: Instant) -> Self {
         let received = Arc::new(AtomicUsize::new(0));
         let idle = inner.idle_timeout;
-        let bytes = IdleBytes::new(resp.bytes_stream().boxed(), idle, Arc::clone(&received));
+        let bytes = IdleBytes::new(body, idle, Arc::clone(&received));
         Self {
             events: Some(bytes.eventsource().boxed()),
             received,
@@ -495,6 +500,16 @@ impl Stream for GeminiStream {
             }
         }
     }
+}
+
+/// The design stream over `chunks` as the body of a successful response,
+/// read exactly as a response from Gemini is read (lines, events, parts).
+/// Polled inside a Tokio runtime with time enabled. For the fuzzer
+/// (terrace-fuzz), which feeds it bytes no server sends.
+#[doc(hidden)]
+pub fn design_stream_over(client: &GoogleClient, chunks: Vec<Bytes>) -> DesignStream {
+    let body = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+    GeminiStream::over(body, Arc::clone(&client.inner), Instant::now()).boxed()
 }
 
 impl Drop for GeminiStream {

@@ -27,6 +27,8 @@ mod gemini;
 mod maps;
 
 pub use error::ConfigError;
+#[doc(hidden)]
+pub use gemini::design_stream_over;
 
 use std::sync::Arc;
 use std::time::Duration;
