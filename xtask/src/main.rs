@@ -24,6 +24,10 @@
 //! - `e2e`: the web app in headless Chromium over WebDriver (chromedriver),
 //!   against `terrace` in dev mode: every step with a bound, a keyboard-only
 //!   path, phone and desktop widths; screenshots in `target/e2e/`.
+//! - `simulate [--seeds N --from B | --seed S --trace] [--minutes M]`: the
+//!   deterministic simulator (terrace-dst): the real engine and store rules
+//!   under seeded faults, invariants checked after every step
+//!   (`docs/SIMULATION.md`).
 //! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
 //!   its URL (for running single tests by hand).
 
@@ -34,6 +38,7 @@ mod e2e;
 mod lb;
 mod loadtest;
 mod postgres;
+mod simulate;
 
 use anyhow::{Context, Result, bail};
 use std::process::{Command, ExitCode};
@@ -77,6 +82,7 @@ fn run() -> Result<()> {
         "chaos" => chaos::run(&rest),
         "lb" => lb::run(&rest),
         "e2e" => e2e::run(&rest),
+        "simulate" => simulate::run(&rest),
         "postgres" => {
             let pg = postgres::TestPostgres::start()?;
             println!("TERRACE_TEST_DATABASE_URL={}", pg.url());
@@ -85,7 +91,7 @@ fn run() -> Result<()> {
             std::io::stdin().read_line(&mut line)?;
             Ok(())
         }
-        _ => bail!("usage: cargo xtask <test|ci|loadtest|bench|chaos|lb|e2e|postgres> [ARGS…]"),
+        _ => bail!("usage: cargo xtask <test|ci|loadtest|bench|chaos|lb|e2e|simulate|postgres> [ARGS…]"),
     }
 }
 
