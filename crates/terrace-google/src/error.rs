@@ -26,11 +26,12 @@ pub enum ConfigError {
 /// Longest piece of Google's own wording kept in an error detail.
 const MAX_DETAIL: usize = 200;
 
-/// `s` cut to at most [`MAX_DETAIL`] characters, with `key` masked should
-/// Google ever echo it.
+/// `s` with `key` masked should Google ever echo it, then cut to at most
+/// [`MAX_DETAIL`] characters (in this order, so that a cut through the key
+/// leaves none of it).
 pub(crate) fn clean(s: &str, key: &str) -> String {
-    let s: String = s.chars().take(MAX_DETAIL).collect();
-    if key.len() >= 4 { s.replace(key, "***") } else { s }
+    let masked = if key.len() >= 4 { s.replace(key, "***") } else { s.to_owned() };
+    masked.chars().take(MAX_DETAIL).collect()
 }
 
 /// A reqwest error in words, without its URL: the error and its sources.
@@ -181,5 +182,7 @@ mod tests {
     fn details_never_echo_the_key() {
         assert_eq!(clean("bad key SECRET123 given", "SECRET123"), "bad key *** given");
         assert_eq!(clean(&"x".repeat(1000), "SECRET123").len(), MAX_DETAIL);
+        let cut_through_the_key = format!("{}SECRET123", "x".repeat(MAX_DETAIL - 4));
+        assert_eq!(clean(&cut_through_the_key, "SECRET123"), format!("{}***", "x".repeat(MAX_DETAIL - 4)));
     }
 }

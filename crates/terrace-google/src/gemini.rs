@@ -177,10 +177,12 @@ enum ByteError {
     /// No byte arrived within the silence limit.
     Idle,
     TooLarge,
+    /// A line is not UTF-8.
+    Utf8,
     Transport(reqwest::Error),
 }
 
-/// The response bytes, cut at line ends, failing with [`ByteError::Idle`]
+/// The response bytes, one line at a time, failing with [`ByteError::Idle`]
 /// after `idle` of silence, and counted as they arrive.
 ///
 /// Silence is measured from the moment the socket is found empty after the
@@ -188,9 +190,13 @@ enum ByteError {
 /// upstream's silence), and any bytes end it: a large event that keeps
 /// arriving is progress.
 ///
-/// Only complete lines are passed on, so that the SSE parser, which re-reads
-/// an incomplete line from its start on every chunk, reads each byte of a
-/// multi-megabyte `data:` line once instead of once per chunk.
+/// The SSE parser is handed one complete line at a time, checked to be
+/// UTF-8, so that it reads each byte once: it re-reads an incomplete line
+/// from its start on every chunk, copies what follows each line it parses,
+/// and holds everything after a byte that is not UTF-8 until the stream
+/// ends. The stream's byte-order mark is removed here, and the first line
+/// handed over is a blank one (which dispatches nothing), because the
+/// parser's own removal of the mark panics.
 struct IdleBytes {
     inner: BoxStream<'static, reqwest::Result<Bytes>>,
     idle: Duration,
@@ -199,6 +205,10 @@ struct IdleBytes {
     fresh: bool,
     received: Arc<AtomicUsize>,
     lines: LineBuffer,
+    /// The blank first line was handed over.
+    opened: bool,
+    /// The response body ended.
+    ended: bool,
 }
 
 impl IdleBytes {
@@ -215,8 +225,14 @@ impl IdleBytes {
             fresh: true,
             received,
             lines: LineBuffer::default(),
+            opened: false,
+            ended: false,
         }
     }
+}
+
+fn utf8(line: Bytes) -> Result<Bytes, ByteError> {
+    if std::str::from_utf8(&line).is_ok() { Ok(line) } else { Err(ByteError::Utf8) }
 }
 
 impl Stream for IdleBytes {
@@ -224,7 +240,16 @@ impl Stream for IdleBytes {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if !std::mem::replace(&mut this.opened, true) {
+            return Poll::Ready(Some(Ok(Bytes::from_static(b"\n"))));
+        }
         loop {
+            if let Some(line) = this.lines.next_line() {
+                return Poll::Ready(Some(utf8(line)));
+            }
+            if this.ended {
+                return Poll::Ready(this.lines.finish().map(utf8));
+            }
             match this.inner.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let total = this.received.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
@@ -232,12 +257,10 @@ impl Stream for IdleBytes {
                         return Poll::Ready(Some(Err(ByteError::TooLarge)));
                     }
                     this.fresh = true;
-                    if let Some(lines) = this.lines.push(&chunk) {
-                        return Poll::Ready(Some(Ok(lines)));
-                    }
+                    this.lines.push(&chunk);
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(ByteError::Transport(e)))),
-                Poll::Ready(None) => return Poll::Ready(this.lines.finish().map(Ok)),
+                Poll::Ready(None) => this.ended = true,
                 Poll::Pending => {
                     if std::mem::take(&mut this.fresh) {
                         this.timer.as_mut().reset(Instant::now() + this.idle);
@@ -252,39 +275,54 @@ impl Stream for IdleBytes {
     }
 }
 
-/// Holds back the incomplete last line of a byte stream.
+/// A byte stream cut into lines, each with its end (`\n`, `\r\n` or `\r`),
+/// the stream's byte-order mark removed.
 #[derive(Debug, Default)]
 struct LineBuffer {
     buf: BytesMut,
+    /// `buf[..scanned]` holds no line end: it is not searched again.
+    scanned: usize,
+    /// The first line was taken.
+    started: bool,
 }
 
 impl LineBuffer {
-    /// Adds `chunk`; returns everything up to the last line end, if any.
-    /// A `\r` at the very end is held back, as a `\n` may follow it.
-    fn push(&mut self, chunk: &[u8]) -> Option<Bytes> {
-        let start = self.buf.len();
+    fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
-        let len = self.buf.len();
-        // A `\r` held back last time may now end a line.
-        let from = start.saturating_sub(1);
-        let end = self.buf[from..]
-            .iter()
-            .rposition(|&b| b == b'\n' || b == b'\r')
-            .map(|i| from + i)
-            .and_then(|i| {
-                if self.buf[i] == b'\r' && i + 1 == len { self.last_end_before(from, i) } else { Some(i + 1) }
-            })?;
-        Some(self.buf.split_to(end).freeze())
     }
 
-    /// The end of the last line strictly before `before`, searching from `from`.
-    fn last_end_before(&self, from: usize, before: usize) -> Option<usize> {
-        self.buf[from..before].iter().rposition(|&b| b == b'\n' || b == b'\r').map(|i| from + i + 1)
+    /// The next complete line. A `\r` at the very end is held back, as a
+    /// `\n` may follow it.
+    fn next_line(&mut self) -> Option<Bytes> {
+        let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n' || b == b'\r') else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let i = self.scanned + i;
+        let end = match self.buf.get(i + 1) {
+            _ if self.buf[i] == b'\n' => i + 1,
+            None => {
+                self.scanned = i;
+                return None;
+            }
+            Some(b'\n') => i + 2,
+            Some(_) => i + 1,
+        };
+        Some(self.take(end))
     }
 
     /// What is left at the end of the stream.
     fn finish(&mut self) -> Option<Bytes> {
-        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+        (!self.buf.is_empty()).then(|| self.take(self.buf.len()))
+    }
+
+    fn take(&mut self, end: usize) -> Bytes {
+        self.scanned = 0;
+        let mut line = self.buf.split_to(end);
+        if !std::mem::replace(&mut self.started, true) && line.starts_with("\u{feff}".as_bytes()) {
+            let _ = line.split_to(3);
+        }
+        line.freeze()
     }
 }
 
@@ -401,7 +439,9 @@ impl GeminiStream {
         let chunk: Chunk = match serde_json::from_str(&event.data) {
             Ok(c) => c,
             Err(e) => {
-                return self.fail(UpstreamError::rejected(format!("Gemini sent malformed JSON: {e}")).into());
+                // serde quotes the input it could not read: masked like Google's words.
+                let detail = clean(&format!("Gemini sent malformed JSON: {e}"), key);
+                return self.fail(UpstreamError::rejected(detail).into());
             }
         };
         if let Some(error) = chunk.error {
@@ -471,7 +511,9 @@ impl Stream for GeminiStream {
                             "the stream is larger than {MAX_STREAM_BYTES} bytes"
                         )),
                         EventStreamError::Transport(ByteError::Transport(e)) => transport(e),
-                        EventStreamError::Utf8(_) => UpstreamError::rejected("Gemini sent invalid UTF-8"),
+                        EventStreamError::Transport(ByteError::Utf8) | EventStreamError::Utf8(_) => {
+                            UpstreamError::rejected("Gemini sent invalid UTF-8")
+                        }
                         EventStreamError::Parser(_) => {
                             UpstreamError::rejected("Gemini sent a malformed event stream")
                         }
@@ -524,16 +566,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_complete_lines_pass() {
+    fn only_complete_lines_pass_one_at_a_time() {
         let mut b = LineBuffer::default();
-        assert_eq!(b.push(b"data: {\"a\""), None);
-        assert_eq!(b.push(b": 1}\r\n\r"), Some(Bytes::from_static(b"data: {\"a\": 1}\r\n")));
-        assert_eq!(b.push(b"\n"), Some(Bytes::from_static(b"\r\n")));
-        assert_eq!(b.push(b"data: x\n\ndata: y"), Some(Bytes::from_static(b"data: x\n\n")));
-        assert_eq!(b.push(b"\r"), None);
-        assert_eq!(b.push(b"data"), Some(Bytes::from_static(b"data: y\r")));
-        assert_eq!(b.finish(), Some(Bytes::from_static(b"data")));
+        let line = |s: &'static [u8]| Some(Bytes::from_static(s));
+        b.push("\u{feff}data: {\"a\"".as_bytes());
+        assert_eq!(b.next_line(), None);
+        b.push(b": 1}\r\n\r");
+        assert_eq!(b.next_line(), line(b"data: {\"a\": 1}\r\n"), "the byte-order mark is removed");
+        assert_eq!(b.next_line(), None, "a \\r at the end may be half of \\r\\n");
+        b.push(b"\n");
+        assert_eq!(b.next_line(), line(b"\r\n"));
+        b.push(b"data: x\n\ndata: y");
+        assert_eq!(b.next_line(), line(b"data: x\n"));
+        assert_eq!(b.next_line(), line(b"\n"));
+        assert_eq!(b.next_line(), None);
+        b.push(b"\r");
+        assert_eq!(b.next_line(), None);
+        b.push(b"data");
+        assert_eq!(b.next_line(), line(b"data: y\r"));
+        assert_eq!(b.next_line(), None);
+        b.push("\u{feff}\r".as_bytes());
+        assert_eq!(b.finish(), Some(Bytes::from("data\u{feff}\r")), "only the stream's first mark goes");
         assert_eq!(b.finish(), None);
+    }
+
+    /// What the event parser is handed for `body`, in `chunk`-byte chunks.
+    fn handed(body: &'static [u8], chunk: usize) -> Vec<Result<Bytes, String>> {
+        let chunks: Vec<reqwest::Result<Bytes>> =
+            body.chunks(chunk).map(|c| Ok(Bytes::from_static(c))).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        rt.block_on(async {
+            let bytes = IdleBytes::new(
+                futures::stream::iter(chunks).boxed(),
+                Duration::from_secs(60),
+                Arc::new(AtomicUsize::new(0)),
+            );
+            bytes.map(|r| r.map_err(|e| format!("{e:?}"))).collect().await
+        })
+    }
+
+    #[test]
+    fn the_parser_is_handed_a_blank_line_then_one_utf8_line_at_a_time() {
+        let ok = |s: &'static str| Ok(Bytes::from_static(s.as_bytes()));
+        for chunk in [1, 2, 5, 100] {
+            assert_eq!(
+                handed("\u{feff}\u{feff}a\r\n\rb\nc".as_bytes(), chunk),
+                [ok("\n"), ok("\u{feff}a\r\n"), ok("\r"), ok("b\n"), ok("c")],
+                "{chunk}"
+            );
+            assert_eq!(handed(b"a\n\xff\nb\n", chunk), [ok("\n"), ok("a\n"), Err("Utf8".into()), ok("b\n")]);
+        }
     }
 
     #[test]
