@@ -4,23 +4,28 @@
 
 use crate::wire::{self, id, meta, time};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use terrace_ports::{
     CheckoutCompleted, CheckoutMode, InvoiceEvent, PaymentEvent, PaymentEventKind, PaymentStatus,
     SubscriptionAction, SubscriptionChanged, WebhookError,
 };
 
 #[derive(Deserialize)]
-struct RawEvent {
+struct RawEvent<'a> {
     id: String,
     #[serde(rename = "type")]
     event_type: String,
     created: i64,
-    data: RawData,
+    #[serde(borrow)]
+    data: RawData<'a>,
 }
 
+/// The object as it was sent: checked to be JSON, then read straight into
+/// the type the event's type names, or not at all.
 #[derive(Deserialize)]
-struct RawData {
-    object: serde_json::Value,
+struct RawData<'a> {
+    #[serde(borrow)]
+    object: &'a RawValue,
 }
 
 fn malformed(what: &str, e: impl std::fmt::Display) -> WebhookError {
@@ -34,7 +39,7 @@ pub fn parse_event(body: &[u8]) -> Result<PaymentEvent, WebhookError> {
     let kind = match raw.event_type.as_str() {
         "checkout.session.completed" => {
             let s: wire::Session =
-                serde_json::from_value(object).map_err(|e| malformed("checkout session", e))?;
+                serde_json::from_str(object.get()).map_err(|e| malformed("checkout session", e))?;
             PaymentEventKind::CheckoutCompleted(checkout(s))
         }
         "customer.subscription.created" => subscription(object, SubscriptionAction::Created)?,
@@ -76,11 +81,9 @@ fn checkout(s: wire::Session) -> CheckoutCompleted {
     }
 }
 
-fn subscription(
-    object: serde_json::Value,
-    action: SubscriptionAction,
-) -> Result<PaymentEventKind, WebhookError> {
-    let s: wire::Subscription = serde_json::from_value(object).map_err(|e| malformed("subscription", e))?;
+fn subscription(object: &RawValue, action: SubscriptionAction) -> Result<PaymentEventKind, WebhookError> {
+    let s: wire::Subscription =
+        serde_json::from_str(object.get()).map_err(|e| malformed("subscription", e))?;
     Ok(PaymentEventKind::SubscriptionChanged(SubscriptionChanged {
         action,
         current_period_end: time(s.period_end()),
@@ -95,8 +98,8 @@ fn subscription(
     }))
 }
 
-fn invoice(object: serde_json::Value) -> Result<InvoiceEvent, WebhookError> {
-    let i: wire::Invoice = serde_json::from_value(object).map_err(|e| malformed("invoice", e))?;
+fn invoice(object: &RawValue) -> Result<InvoiceEvent, WebhookError> {
+    let i: wire::Invoice = serde_json::from_str(object.get()).map_err(|e| malformed("invoice", e))?;
     Ok(InvoiceEvent {
         subscription_id: i.subscription_id(),
         user_id: i.user_id(),
