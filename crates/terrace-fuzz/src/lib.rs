@@ -188,8 +188,9 @@ pub struct Report {
     /// Inputs written to the corpus.
     pub saved: usize,
     pub failures: Vec<Found>,
-    /// The slowest passing input.
+    /// The slowest passing input, and how long it took.
     pub slowest: Duration,
+    pub slowest_input: Vec<u8>,
     /// The most bytes one passing input allocated, and its length.
     pub most_allocated: (usize, usize),
     /// The input closest to the bound: its share of the bound in percent.
@@ -298,7 +299,10 @@ pub fn fuzz(target: &Target, opts: &Options) -> Report {
         report.execs += 1;
         match result {
             Ok(p) => {
-                report.slowest = report.slowest.max(p.elapsed);
+                if p.elapsed > report.slowest {
+                    report.slowest = p.elapsed;
+                    report.slowest_input = input.to_vec();
+                }
                 if p.usage.allocated > report.most_allocated.0 {
                     report.most_allocated = (p.usage.allocated, input.len());
                 }
@@ -386,6 +390,14 @@ pub fn fuzz(target: &Target, opts: &Options) -> Report {
     let _ = watchdog.join();
     report.elapsed = begun.elapsed();
     report.corpus = corpus.len();
+
+    // Not a failure: kept so that a slow input can be timed again
+    // (`replay` prints how long it takes), since no bound is on time.
+    if !report.slowest_input.is_empty() {
+        let crashes = opts.dir.join("crashes").join(target.name);
+        let _ = std::fs::create_dir_all(&crashes);
+        let _ = std::fs::write(crashes.join(format!("slowest-seed{}", opts.seed)), &report.slowest_input);
+    }
 
     if opts.save > 0 {
         let dir = opts.dir.join("corpus").join(target.name);
