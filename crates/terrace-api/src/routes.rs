@@ -11,7 +11,6 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use terrace_domain::input::{RawAreaRequest, RawGenerationRequest};
 use terrace_domain::{
     AreaKind, AreaStatus, CreditReference, Generation, GenerationId, GenerationRequest, GenerationStatus,
     GrantAmount, IdempotencyKey, RequestId, UserId,
@@ -298,23 +297,6 @@ fn created(g: &Generation) -> Response {
     res
 }
 
-/// The body as the domain's unchecked request, which the domain parses.
-fn unchecked(body: CreateRequest) -> RawGenerationRequest {
-    RawGenerationRequest {
-        address: body.address,
-        areas: body
-            .areas
-            .into_iter()
-            .map(|a| RawAreaRequest {
-                area: a.area,
-                style: a.style,
-                custom_prompt: a.custom_prompt,
-                preservation_strength: a.preservation_strength,
-            })
-            .collect(),
-    }
-}
-
 pub async fn create(
     State(s): State<AppState>,
     Authed(c): Authed,
@@ -324,7 +306,7 @@ pub async fn create(
 ) -> Result<Response, Problem> {
     let body: CreateRequest = json_body(&s, &headers, body).await?;
     let key = idempotency_key(&headers);
-    let parsed = GenerationRequest::parse(&unchecked(body));
+    let parsed = GenerationRequest::parse(&body.into_unchecked());
     let (request, key) = match (parsed, key) {
         (Ok(r), Ok(k)) => (r, k),
         (parsed, key) => {

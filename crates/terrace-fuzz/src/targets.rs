@@ -17,7 +17,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use terrace_api::Jwt;
 use terrace_domain::billing::{Package, Plan};
-use terrace_domain::input::{RawAreaRequest, RawGenerationRequest};
 use terrace_domain::{CreditReference, GenerationRequest, GrantAmount, UserId};
 use terrace_google::{ApiKey, GoogleClient, GoogleConfig};
 use terrace_ports::{DesignEvent, NoopObserver, PaymentEventKind, SignatureError, WebhookError};
@@ -237,29 +236,11 @@ fn read_body<T: DeserializeOwned>(bytes: &[u8], o: &mut Outcome) -> Option<T> {
     }
 }
 
-/// The body as the domain's unchecked request, as the server's create
-/// handler builds it.
-fn unchecked(body: CreateRequest) -> RawGenerationRequest {
-    RawGenerationRequest {
-        address: body.address,
-        areas: body
-            .areas
-            .into_iter()
-            .map(|a| RawAreaRequest {
-                area: a.area,
-                style: a.style,
-                custom_prompt: a.custom_prompt,
-                preservation_strength: a.preservation_strength,
-            })
-            .collect(),
-    }
-}
-
 fn create_body(bytes: &[u8]) -> Outcome {
     let mut o = Outcome::default();
     let Some(body) = read_body::<CreateRequest>(bytes, &mut o) else { return o };
     let n = body.areas.len();
-    match GenerationRequest::parse(&unchecked(body)) {
+    match GenerationRequest::parse(&body.into_unchecked()) {
         Ok(req) => {
             o.add("ok").num(req.areas.len() as u64);
             assert!((1..=GenerationRequest::MAX_AREAS).contains(&req.areas.len()), "accepted {n} areas");

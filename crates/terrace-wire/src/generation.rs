@@ -23,6 +23,24 @@ impl CreateRequest {
     pub fn new(address: impl Into<String>, areas: Vec<AreaSpec>) -> Self {
         Self { address: address.into(), areas }
     }
+
+    /// The body as the domain's unchecked request, which
+    /// `GenerationRequest::parse` checks field by field.
+    pub fn into_unchecked(self) -> terrace_domain::input::RawGenerationRequest {
+        terrace_domain::input::RawGenerationRequest {
+            address: self.address,
+            areas: self
+                .areas
+                .into_iter()
+                .map(|a| terrace_domain::input::RawAreaRequest {
+                    area: a.area,
+                    style: a.style,
+                    custom_prompt: a.custom_prompt,
+                    preservation_strength: a.preservation_strength,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One area of a [`CreateRequest`]. Unknown fields are refused; the
