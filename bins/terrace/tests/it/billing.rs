@@ -9,6 +9,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use terrace_domain::UserId;
+use terrace_simulator::Simulator;
 use terrace_stripe_sim::{ApiBehaviour, Endpoint, MONTHLY_PRICE_ID, StripeSim, StripeSimConfig};
 
 /// A simulator that records its webhooks without sending them: the test
@@ -24,6 +25,33 @@ fn use_stripe(env: &mut Vec<(String, String)>, stripe: &StripeSim) {
     set(env, "TERRACE_STRIPE_BASE_URL", stripe.base_url());
     set(env, "TERRACE_STRIPE_PRICE_MONTHLY_PRO", MONTHLY_PRICE_ID);
     set(env, "TERRACE_STRIPE_TIMEOUT", "1500ms");
+}
+
+/// One server pointed at a quiet Stripe simulator (Google played by a
+/// simulator of its own), on `backend` (memory when `None`) with `tune`
+/// applied, and a new user's token.
+struct Billed {
+    _google: Simulator,
+    stripe: StripeSim,
+    t: Terrace,
+    token: String,
+}
+
+impl Billed {
+    async fn start(backend: Option<Backend>, tune: &[(&str, &str)]) -> Billed {
+        let (google, stripe) = (simulator().await, quiet_stripe().await);
+        let mut env = base_env(&google);
+        if let Some(b) = backend {
+            b.apply(&mut env);
+        }
+        use_stripe(&mut env, &stripe);
+        for (k, v) in tune {
+            set(&mut env, k, v);
+        }
+        let t = Terrace::start(&env).await;
+        let token = t.token(UserId::new_random());
+        Billed { _google: google, stripe, t, token }
+    }
 }
 
 /// Sends one event body to `t` as Stripe does; returns the status and the answer.
@@ -135,23 +163,13 @@ async fn a_payment_delivered_ten_times_at_once_to_two_instances_credits_once() {
 
 #[tokio::test]
 async fn a_webhook_that_cannot_be_written_answers_5xx_and_its_redelivery_credits_once() {
-    let Backend::Postgres { url, blobs } = Backend::postgres().await else {
-        unreachable!("a Postgres backend")
-    };
-    let mut parsed = url::Url::parse(&url).unwrap();
-    let upstream = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap_or(5432));
-    let proxy = Proxy::start(upstream).await;
-    parsed.set_host(Some("127.0.0.1")).unwrap();
-    parsed.set_port(Some(proxy.addr.port())).unwrap();
-    let (sim, stripe) = (simulator().await, quiet_stripe().await);
-    let mut env = base_env(&sim);
-    Backend::Postgres { url: parsed.to_string(), blobs }.apply(&mut env);
-    use_stripe(&mut env, &stripe);
-    set(&mut env, "TERRACE_DB_ACQUIRE_TIMEOUT", "1s");
-    set(&mut env, "TERRACE_DB_CONNECT_TIMEOUT", "1s");
-    set(&mut env, "TERRACE_DB_STATEMENT_TIMEOUT", "2s");
-    let t = Terrace::start(&env).await;
-    let token = t.token(UserId::new_random());
+    let (backend, proxy) = Backend::postgres_behind_proxy().await;
+    let tune = [
+        ("TERRACE_DB_ACQUIRE_TIMEOUT", "1s"),
+        ("TERRACE_DB_CONNECT_TIMEOUT", "1s"),
+        ("TERRACE_DB_STATEMENT_TIMEOUT", "2s"),
+    ];
+    let Billed { _google, stripe, t, token } = Billed::start(Some(backend), &tune).await;
     let session = checkout(&t, &token, json!({"package_id": "package_10"}), "/v1/billing/checkout").await;
     stripe.pay(&session).unwrap();
     let paid = events(&stripe, 1).await.remove(0);
@@ -185,13 +203,7 @@ async fn a_webhook_that_cannot_be_written_answers_5xx_and_its_redelivery_credits
 
 #[tokio::test]
 async fn subscription_events_out_of_order_never_move_it_back() {
-    let backend = Backend::postgres().await;
-    let (sim, stripe) = (simulator().await, quiet_stripe().await);
-    let mut env = base_env(&sim);
-    backend.apply(&mut env);
-    use_stripe(&mut env, &stripe);
-    let t = Terrace::start(&env).await;
-    let token = t.token(UserId::new_random());
+    let Billed { _google, stripe, t, token } = Billed::start(Some(Backend::postgres().await), &[]).await;
     let session = checkout(&t, &token, json!({"plan_id": "monthly_pro"}), "/v1/billing/subscription").await;
     stripe.pay(&session).unwrap();
     let made = events(&stripe, 3).await;
@@ -227,17 +239,10 @@ async fn subscription_events_out_of_order_never_move_it_back() {
 
 #[tokio::test]
 async fn creates_spend_the_subscription_then_trial_credits_then_tokens_then_402() {
-    let backend = Backend::postgres().await;
-    let sim = simulator().await;
-    let mut env = base_env(&sim);
-    backend.apply(&mut env);
-    set(&mut env, "TERRACE_TRIAL_CREDITS", "1");
+    let tune = [("TERRACE_TRIAL_CREDITS", "1")];
+    let Billed { _google, stripe, t, token } = Billed::start(Some(Backend::postgres().await), &tune).await;
     // This simulator sends its webhooks to the server, as Stripe does.
-    let stripe = quiet_stripe().await;
-    use_stripe(&mut env, &stripe);
-    let t = Terrace::start(&env).await;
     stripe.set_webhook_url(Some(t.url("/v1/webhooks/stripe")));
-    let token = t.token(UserId::new_random());
 
     let session = checkout(&t, &token, json!({"plan_id": "monthly_pro"}), "/v1/billing/subscription").await;
     stripe.pay(&session).unwrap();
@@ -304,11 +309,7 @@ fn stripe_subscription(stripe: &StripeSim) -> String {
 
 #[tokio::test]
 async fn a_stripe_outage_is_a_503_with_retry_after_and_a_retried_create_makes_one_session() {
-    let (sim, stripe) = (simulator().await, quiet_stripe().await);
-    let mut env = base_env(&sim);
-    use_stripe(&mut env, &stripe);
-    let t = Terrace::start(&env).await;
-    let token = t.token(UserId::new_random());
+    let Billed { _google, stripe, t, token } = Billed::start(None, &[]).await;
     let body = json!({"package_id": "package_10"});
 
     for behaviour in [ApiBehaviour::Hang, ApiBehaviour::status(500), ApiBehaviour::Disconnect] {
@@ -353,11 +354,7 @@ async fn a_stripe_outage_is_a_503_with_retry_after_and_a_retried_create_makes_on
 
 #[tokio::test]
 async fn webhooks_with_a_bad_signature_are_refused_and_credit_nothing() {
-    let (sim, stripe) = (simulator().await, quiet_stripe().await);
-    let mut env = base_env(&sim);
-    use_stripe(&mut env, &stripe);
-    let t = Terrace::start(&env).await;
-    let token = t.token(UserId::new_random());
+    let Billed { _google, stripe, t, token } = Billed::start(None, &[]).await;
     let session = checkout(&t, &token, json!({"package_id": "package_10"}), "/v1/billing/checkout").await;
     stripe.pay(&session).unwrap();
     let paid = events(&stripe, 1).await.remove(0);
@@ -388,13 +385,7 @@ async fn webhooks_with_a_bad_signature_are_refused_and_credit_nothing() {
 
 #[tokio::test]
 async fn a_later_update_that_arrives_before_created_is_not_undone_by_it() {
-    let backend = Backend::postgres().await;
-    let (sim, stripe) = (simulator().await, quiet_stripe().await);
-    let mut env = base_env(&sim);
-    backend.apply(&mut env);
-    use_stripe(&mut env, &stripe);
-    let t = Terrace::start(&env).await;
-    let token = t.token(UserId::new_random());
+    let Billed { _google, stripe, t, token } = Billed::start(Some(Backend::postgres().await), &[]).await;
     let session = checkout(&t, &token, json!({"plan_id": "monthly_pro"}), "/v1/billing/subscription").await;
     stripe.pay(&session).unwrap();
     let first = events(&stripe, 3).await;

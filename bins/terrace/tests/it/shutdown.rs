@@ -122,17 +122,10 @@ async fn sigterm_hands_work_back_and_a_second_instance_finishes_it() {
 
 #[tokio::test]
 async fn readyz_answers_in_time_while_the_database_stalls() {
-    let Backend::Postgres { url, blobs } = Backend::postgres().await else {
-        unreachable!("a Postgres backend")
-    };
-    let mut parsed = url::Url::parse(&url).unwrap();
-    let upstream = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap_or(5432));
-    let proxy = Proxy::start(upstream).await;
-    parsed.set_host(Some("127.0.0.1")).unwrap();
-    parsed.set_port(Some(proxy.addr.port())).unwrap();
+    let (backend, proxy) = Backend::postgres_behind_proxy().await;
     let sim = simulator().await;
     let mut env = base_env(&sim);
-    Backend::Postgres { url: parsed.to_string(), blobs }.apply(&mut env);
+    backend.apply(&mut env);
     set(&mut env, "TERRACE_DB_ACQUIRE_TIMEOUT", "1s");
     set(&mut env, "TERRACE_DB_CONNECT_TIMEOUT", "1s");
     set(&mut env, "TERRACE_DB_STATEMENT_TIMEOUT", "2s");

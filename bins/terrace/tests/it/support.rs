@@ -293,6 +293,19 @@ impl Backend {
         Backend::Postgres { url, blobs: format!("file://{}", dir.display()) }
     }
 
+    /// A fresh database reached through a [`Proxy`] the test can freeze.
+    pub async fn postgres_behind_proxy() -> (Backend, Proxy) {
+        let Backend::Postgres { url, blobs } = Backend::postgres().await else {
+            unreachable!("a Postgres backend")
+        };
+        let mut parsed = url::Url::parse(&url).unwrap();
+        let upstream = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap_or(5432));
+        let proxy = Proxy::start(upstream).await;
+        parsed.set_host(Some("127.0.0.1")).unwrap();
+        parsed.set_port(Some(proxy.addr.port())).unwrap();
+        (Backend::Postgres { url: parsed.to_string(), blobs }, proxy)
+    }
+
     pub fn apply(&self, env: &mut Vec<(String, String)>) {
         if let Backend::Postgres { url, blobs } = self {
             set(env, "DATABASE_URL", url);
