@@ -2,7 +2,7 @@
 
 use crate::PgStore;
 use crate::db::map_err;
-use crate::rows::{self, ACCOUNT_COLUMNS, LEDGER_COLUMNS, corrupt};
+use crate::rows::{self, LEDGER_COLUMNS, account_columns, corrupt};
 use crate::sql::Sql;
 use crate::store::{lock_account, open_account};
 use async_trait::async_trait;
@@ -16,7 +16,10 @@ use terrace_ports::{Grant, Ledger, Page};
 
 async fn account(c: &impl Sql, user: UserId) -> Result<Account, StoreError> {
     let row = c
-        .query_opt_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1"), &[&user.0])
+        .query_opt_cached(
+            concat!("SELECT ", account_columns!(), " FROM accounts WHERE user_id = $1"),
+            &[&user.0],
+        )
         .await
         .map_err(map_err)?
         .ok_or(StoreError::NotFound)?;
@@ -118,7 +121,7 @@ impl Ledger for PgStore {
         self.db()
             .run("conservation_violations", async |c| {
                 let accounts = c
-                    .query_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY user_id"), &[])
+                    .query_cached(concat!("SELECT ", account_columns!(), " FROM accounts ORDER BY user_id"), &[])
                     .await
                     .map_err(map_err)?;
                 let sums = c

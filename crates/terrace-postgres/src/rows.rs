@@ -154,11 +154,17 @@ pub(crate) async fn load(
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(generation_head(row)?),
         };
-        if row.get::<_, Option<&str>>(AREA_AT).is_some() {
-            entry.0.areas.push(area(row, AREA_AT)?);
-        }
+        add_area(&mut entry.0, row)?;
     }
     Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// The area a [`LOAD`] row carries, if it carries one.
+fn add_area(g: &mut Generation, row: &Row) -> Result<(), StoreError> {
+    if row.get::<_, Option<&str>>(AREA_AT).is_some() {
+        g.areas.push(area(row, AREA_AT)?);
+    }
+    Ok(())
 }
 
 pub(crate) async fn load_one(
@@ -167,15 +173,13 @@ pub(crate) async fn load_one(
     lock: bool,
 ) -> Result<Option<Generation>, StoreError> {
     if lock {
-        return Ok(load(c, &[id.0], true).await?.pop().map(|(g, _)| g));
+        c.query_cached(LOCK, &[&[id.0].as_slice()]).await.map_err(map_err)?;
     }
     let rows = c.query_cached(LOAD_ONE, &[&id.0]).await.map_err(map_err)?;
     let Some(first) = rows.first() else { return Ok(None) };
     let (mut g, _) = generation_head(first)?;
     for row in &rows {
-        if row.get::<_, Option<&str>>(AREA_AT).is_some() {
-            g.areas.push(area(row, AREA_AT)?);
-        }
+        add_area(&mut g, row)?;
     }
     Ok(Some(g))
 }
@@ -191,7 +195,14 @@ pub(crate) fn account(row: &Row) -> Result<Account, StoreError> {
     })
 }
 
-pub(crate) const ACCOUNT_COLUMNS: &str = "user_id, trial_credits, token_balance, held, captured";
+/// The columns [`account`] reads, as a literal for `concat!`, so that
+/// statements are written once at compile time rather than at every call.
+macro_rules! account_columns {
+    () => {
+        "user_id, trial_credits, token_balance, held, captured"
+    };
+}
+pub(crate) use account_columns;
 
 pub(crate) fn ledger_entry(row: &Row) -> Result<LedgerEntry, StoreError> {
     let kind: String = row.get("kind");

@@ -3,7 +3,7 @@
 use crate::PgStore;
 use crate::db::{is_lock_refused, map_err};
 use crate::listen::{CHANNEL, payload};
-use crate::rows::{self, ACCOUNT_COLUMNS, corrupt, load, load_one, write_area, write_generation};
+use crate::rows::{self, account_columns, corrupt, load, load_one, write_area, write_generation};
 use crate::sql::Sql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -69,6 +69,20 @@ pub(crate) async fn open_account(c: &impl Sql, user: UserId, trial: u64) -> Resu
     Ok(())
 }
 
+/// Applies the lock policy to the transaction's next row lock: with a
+/// timeout, sets it (`SET LOCAL`) and returns true; for `NoWait`, returns
+/// false, and the lock is to be taken `NOWAIT`.
+async fn wait_under(c: &impl Sql, policy: LockPolicy) -> Result<bool, StoreError> {
+    match policy {
+        LockPolicy::NoWait => Ok(false),
+        LockPolicy::Timeout(d) => {
+            let set = format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1));
+            tokio_postgres::GenericClient::batch_execute(c.pg(), &set).await.map_err(map_err)?;
+            Ok(true)
+        }
+    }
+}
+
 /// The account row lock, under the lock policy, with whether the user's
 /// subscription grants generations now. `Ok(None)` when the lock was refused
 /// (SQLSTATE 55P03).
@@ -77,23 +91,20 @@ pub(crate) async fn lock_account(
     user: UserId,
     policy: LockPolicy,
 ) -> Result<Option<(terrace_domain::Account, bool)>, StoreError> {
-    let select = format!(
-        "SELECT {ACCOUNT_COLUMNS}, COALESCE(b.status = 'active', false) AS subscribed \
-         FROM accounts LEFT JOIN billing_accounts b USING (user_id) WHERE user_id = $1 FOR UPDATE OF accounts"
-    );
-    let sql = match policy {
-        LockPolicy::NoWait => format!("{select} NOWAIT"),
-        LockPolicy::Timeout(d) => {
-            tokio_postgres::GenericClient::batch_execute(
-                c.pg(),
-                &format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)),
+    macro_rules! lock_sql {
+        ($wait:literal) => {
+            concat!(
+                "SELECT ",
+                account_columns!(),
+                ", COALESCE(b.status = 'active', false) AS subscribed \
+                 FROM accounts LEFT JOIN billing_accounts b USING (user_id) \
+                 WHERE user_id = $1 FOR UPDATE OF accounts",
+                $wait
             )
-            .await
-            .map_err(map_err)?;
-            select
-        }
-    };
-    match c.query_opt_cached(&sql, &[&user.0]).await {
+        };
+    }
+    let sql = if wait_under(c, policy).await? { lock_sql!("") } else { lock_sql!(" NOWAIT") };
+    match c.query_opt_cached(sql, &[&user.0]).await {
         Ok(Some(row)) => Ok(Some((rows::account(&row)?, row.get("subscribed")))),
         Ok(None) => Err(StoreError::NotFound),
         Err(e) if is_lock_refused(&e) => Ok(None),
@@ -243,18 +254,8 @@ async fn open_and_lock(
             )
         };
     }
-    let sql = match policy {
-        LockPolicy::NoWait => open_and_lock_sql!(" NOWAIT"),
-        LockPolicy::Timeout(d) => {
-            tokio_postgres::GenericClient::batch_execute(
-                c.pg(),
-                &format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1)),
-            )
-            .await
-            .map_err(map_err)?;
-            open_and_lock_sql!("")
-        }
-    };
+    let sql =
+        if wait_under(c, policy).await? { open_and_lock_sql!("") } else { open_and_lock_sql!(" NOWAIT") };
     let trial = i64::try_from(new.trial_credits).map_err(corrupt)?;
     let key = key.map(|k| k.key.as_str());
     match c.query_opt_cached(sql, &[&new.user_id.0, &trial, &key]).await {
