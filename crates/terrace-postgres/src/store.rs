@@ -25,23 +25,32 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-pub(crate) async fn notify(c: &impl Sql, n: &Notification) -> Result<(), StoreError> {
-    c.execute_cached("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(n)]).await.map_err(map_err)?;
-    Ok(())
+/// Announces `notes` once the transaction that made them has committed, in
+/// a statement of its own on the same connection.
+///
+/// Never inside the transaction: a transaction that notifies holds
+/// Postgres's one notification lock from its commit's start until the
+/// commit is flushed, so every notifying commit would wait for the one
+/// before it to reach the disk, and concurrent commits could no longer
+/// share a flush. This statement writes nothing, so its own commit does not
+/// wait for the disk. A notification is a hint — workers also claim every
+/// sweep interval, heartbeats carry cancellations, event streams re-read on
+/// a timer — so one lost with a crash between the two only delays; a
+/// failure here is logged, not returned (what it announces is committed).
+async fn announce(c: &impl Sql, notes: &[Notification]) {
+    if notes.is_empty() {
+        return;
+    }
+    let payloads: Vec<String> = notes.iter().map(payload).collect();
+    if let Err(e) =
+        c.execute_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&CHANNEL, &payloads]).await
+    {
+        tracing::warn!(error = %map_err(e), "announcing committed changes failed; listeners will poll");
+    }
 }
 
-/// Announces that each of `ids` changed, in one statement.
-async fn notify_changed(c: &impl Sql, ids: &[Uuid]) -> Result<(), StoreError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    c.execute_cached(
-        "SELECT pg_notify($1, 'changed ' || id) FROM unnest($2::uuid[]) AS id",
-        &[&CHANNEL, &ids],
-    )
-    .await
-    .map_err(map_err)?;
-    Ok(())
+fn changed(ids: &[Uuid]) -> Vec<Notification> {
+    ids.iter().map(|id| Notification::Changed(GenerationId(*id))).collect()
 }
 
 pub(crate) async fn now(c: &impl Sql) -> Result<DateTime<Utc>, StoreError> {
@@ -69,16 +78,25 @@ pub(crate) async fn open_account(c: &impl Sql, user: UserId, trial: u64) -> Resu
     Ok(())
 }
 
-/// Applies the lock policy to the transaction's next row lock: with a
-/// timeout, sets it (`SET LOCAL`) and returns true; for `NoWait`, returns
-/// false, and the lock is to be taken `NOWAIT`.
-async fn wait_under(c: &impl Sql, policy: LockPolicy) -> Result<bool, StoreError> {
+/// Takes a row lock under the lock policy: `lock` gets whether to wait (a
+/// timeout: `SET LOCAL lock_timeout` is sent first) or not (`NoWait`: the
+/// statement is to take its lock `NOWAIT`). The `SET LOCAL` and the locking
+/// statement are pipelined, one wait for both: the driver sends requests in
+/// the order their futures are first polled, and `join!` polls the
+/// `SET LOCAL` first.
+async fn under_lock_policy<T>(
+    c: &impl Sql,
+    policy: LockPolicy,
+    lock: impl AsyncFnOnce(bool) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     match policy {
-        LockPolicy::NoWait => Ok(false),
+        LockPolicy::NoWait => lock(false).await,
         LockPolicy::Timeout(d) => {
             let set = format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1));
-            tokio_postgres::GenericClient::batch_execute(c.pg(), &set).await.map_err(map_err)?;
-            Ok(true)
+            let (set, locked) =
+                futures::join!(tokio_postgres::GenericClient::batch_execute(c.pg(), &set), lock(true));
+            set.map_err(map_err)?;
+            locked
         }
     }
 }
@@ -103,13 +121,16 @@ pub(crate) async fn lock_account(
             )
         };
     }
-    let sql = if wait_under(c, policy).await? { lock_sql!("") } else { lock_sql!(" NOWAIT") };
-    match c.query_opt_cached(sql, &[&user.0]).await {
-        Ok(Some(row)) => Ok(Some((rows::account(&row)?, row.get("subscribed")))),
-        Ok(None) => Err(StoreError::NotFound),
-        Err(e) if is_lock_refused(&e) => Ok(None),
-        Err(e) => Err(map_err(e)),
-    }
+    under_lock_policy(c, policy, async |wait| {
+        let sql = if wait { lock_sql!("") } else { lock_sql!(" NOWAIT") };
+        match c.query_opt_cached(sql, &[&user.0]).await {
+            Ok(Some(row)) => Ok(Some((rows::account(&row)?, row.get("subscribed")))),
+            Ok(None) => Err(StoreError::NotFound),
+            Err(e) if is_lock_refused(&e) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    })
+    .await
 }
 
 /// Books the ledger side of every hold that `before` → `after` resolved: one
@@ -254,35 +275,37 @@ async fn open_and_lock(
             )
         };
     }
-    let sql =
-        if wait_under(c, policy).await? { open_and_lock_sql!("") } else { open_and_lock_sql!(" NOWAIT") };
     let trial = i64::try_from(new.trial_credits).map_err(corrupt)?;
     let key = key.map(|k| k.key.as_str());
-    match c.query_opt_cached(sql, &[&new.user_id.0, &trial, &key]).await {
-        Ok(Some(row)) => {
-            let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).map_err(corrupt);
-            let account = terrace_domain::Account {
-                user_id: UserId(row.get(0)),
-                trial_credits: n(1)?,
-                token_balance: n(2)?,
-                held: n(3)?,
-                captured: n(4)?,
-            };
-            let replay = match (row.get::<_, Option<String>>(6), row.get::<_, Option<Uuid>>(7)) {
-                (Some(hash), Some(id)) => Some((hash, GenerationId(id))),
-                _ => None,
-            };
-            Ok(Some(Locked { account, subscribed: row.get(5), replay }))
+    under_lock_policy(c, policy, async |wait| {
+        let sql = if wait { open_and_lock_sql!("") } else { open_and_lock_sql!(" NOWAIT") };
+        match c.query_opt_cached(sql, &[&new.user_id.0, &trial, &key]).await {
+            Ok(Some(row)) => {
+                let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).map_err(corrupt);
+                let account = terrace_domain::Account {
+                    user_id: UserId(row.get(0)),
+                    trial_credits: n(1)?,
+                    token_balance: n(2)?,
+                    held: n(3)?,
+                    captured: n(4)?,
+                };
+                let replay = match (row.get::<_, Option<String>>(6), row.get::<_, Option<Uuid>>(7)) {
+                    (Some(hash), Some(id)) => Some((hash, GenerationId(id))),
+                    _ => None,
+                };
+                Ok(Some(Locked { account, subscribed: row.get(5), replay }))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if is_lock_refused(&e) => Ok(None),
+            Err(e) => Err(map_err(e)),
         }
-        Ok(None) => Ok(None),
-        Err(e) if is_lock_refused(&e) => Ok(None),
-        Err(e) => Err(map_err(e)),
-    }
+    })
+    .await
 }
 
 /// Every write of a create in one statement: the account's new balances,
-/// the generation, its areas and their holds (batched), the idempotency key
-/// and the announcement. Returns the generation's `created_at` and
+/// the generation, its areas and their holds (batched) and the idempotency
+/// key. Returns the generation's `created_at` and
 /// `deadline_at`, or `None` when the key is held by a request that
 /// committed meanwhile (nothing is kept: the caller rolls back).
 async fn insert_generation(
@@ -304,7 +327,6 @@ async fn insert_generation(
     let strengths: Vec<f64> = areas.iter().map(|a| a.preservation_strength.get()).collect();
     let holds: Vec<&str> = sources.iter().map(|s| s.as_str()).collect();
     let amounts: Vec<i64> = sources.iter().map(|s| n(s.per_area())).collect::<Result<_, _>>()?;
-    let payload = crate::listen::payload(&Notification::Created(new.id));
     let row = c
         .query_one_cached(
             "WITH account AS (
@@ -332,11 +354,9 @@ async fn insert_generation(
                      response_status = NULL, response_body = NULL, created_at = now(),
                      expires_at = EXCLUDED.expires_at
                  WHERE idempotency_keys.expires_at <= now()
-                 RETURNING 1),
-             announced AS (SELECT pg_notify($19, $20))
+                 RETURNING 1)
              SELECT g.created_at, g.deadline_at,
-                    $16::text IS NULL OR EXISTS (SELECT 1 FROM idempotency),
-                    (SELECT count(*) FROM announced)
+                    $16::text IS NULL OR EXISTS (SELECT 1 FROM idempotency)
                FROM generation g",
             &[
                 &new.user_id.0,
@@ -357,8 +377,6 @@ async fn insert_generation(
                 &key.map(|k| k.key.as_str()),
                 &key.map(|k| k.request_hash.as_str()),
                 &ttl,
-                &crate::listen::CHANNEL,
-                &payload,
             ],
         )
         .await
@@ -386,8 +404,8 @@ impl PgStore {
                 let mut after = before.clone();
                 change(&mut after, now)?;
                 let resolved = save(&tx, &before, &after, keep_lease).await?;
-                notify(&tx, &Notification::Changed(after.id)).await?;
                 tx.commit().await.map_err(map_err)?;
+                announce(&*c, &[Notification::Changed(after.id)]).await;
                 Ok::<_, StoreError>((after, resolved))
             })
             .await
@@ -442,8 +460,8 @@ impl PgStore {
                 ids.sort();
                 let ids: Vec<Uuid> = ids.into_iter().map(|(_, id)| id).collect();
                 let claimed = load(&tx, &ids, false).await?;
-                notify_changed(&tx, &ids).await?;
                 tx.commit().await.map_err(map_err)?;
+                announce(&*c, &changed(&ids)).await;
                 Ok(claimed.into_iter().map(|(g, _)| g).collect())
             })
             .await
@@ -460,9 +478,10 @@ impl GenerationStore for PgStore {
         let (lock, ttl) = (self.db().lock, secs(self.db().idempotency_ttl));
         let new = &new;
         let idempotency = idempotency.as_ref();
-        // One transaction, three statements between BEGIN and COMMIT (four
-        // with a lock timeout): open and lock the account (with the key's
-        // earlier use, if any), then every write at once.
+        // One transaction, two statements between BEGIN and COMMIT (and the
+        // lock timeout's SET LOCAL, sent with the first): open and lock the
+        // account (with the key's earlier use, if any), then every write at
+        // once. The announcement follows the commit.
         self.db()
             .run("create", async |c| {
                 let tx = c.transaction().await.map_err(map_err)?;
@@ -497,6 +516,7 @@ impl GenerationStore for PgStore {
                     return Err(CreateError::AccountBusy);
                 };
                 tx.commit().await.map_err(map_err)?;
+                announce(&*c, &[Notification::Created(new.id)]).await;
                 // What was written, without reading it back.
                 let created = Created {
                     id: new.id,
@@ -550,9 +570,8 @@ impl GenerationStore for PgStore {
                 after.cancel_requested = true;
                 after.close(AreaStatus::Cancelled, &Failure::cancelled(), now);
                 let voided = save(&tx, &before, &after, false).await?;
-                notify(&tx, &Notification::CancelRequested(id)).await?;
-                notify(&tx, &Notification::Changed(id)).await?;
                 tx.commit().await.map_err(map_err)?;
+                announce(&*c, &[Notification::CancelRequested(id), Notification::Changed(id)]).await;
                 Ok((CancelOutcome::Cancelled(after), voided))
             })
             .await?;
@@ -630,8 +649,8 @@ impl GenerationStore for PgStore {
                 )
                 .await
                 .map_err(map_err)?;
-                notify(&tx, &Notification::Changed(id)).await?;
                 tx.commit().await.map_err(map_err)?;
+                announce(&*c, &[Notification::Changed(id)]).await;
                 Ok(())
             })
             .await
@@ -649,8 +668,8 @@ impl GenerationStore for PgStore {
                 )
                 .await
                 .map_err(map_err)?;
-                notify(&tx, &Notification::Changed(id)).await?;
                 tx.commit().await.map_err(map_err)?;
+                announce(&*c, &[Notification::Changed(id)]).await;
                 Ok(())
             })
             .await
@@ -741,8 +760,8 @@ impl GenerationStore for PgStore {
                     voided.extend(save(&tx, &before, &after, false).await?);
                     ended.push(after.id);
                 }
-                notify_changed(&tx, &ended.iter().map(|g| g.0).collect::<Vec<_>>()).await?;
                 tx.commit().await.map_err(map_err)?;
+                announce(&*c, &changed(&ended.iter().map(|g| g.0).collect::<Vec<_>>())).await;
                 Ok::<_, StoreError>((ended, voided))
             })
             .await?;
