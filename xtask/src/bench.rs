@@ -390,7 +390,7 @@ fn on_interrupt(rt: &tokio::runtime::Runtime, undo: Undo) {
     });
 }
 
-fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -671,13 +671,13 @@ fn proc_stat(pid: u32) -> Option<(u32, [u64; 4])> {
 }
 
 /// CPU ticks of one process (all its threads).
-fn ticks_of(pid: u32) -> u64 {
+pub(crate) fn ticks_of(pid: u32) -> u64 {
     proc_stat(pid).map_or(0, |(_, t)| t[0] + t[1])
 }
 
 /// CPU ticks of the postmaster and all its processes: those alive now, and
 /// those that exited (counted in the postmaster's children's times).
-fn postgres_ticks(postmaster: u32) -> u64 {
+pub(crate) fn postgres_ticks(postmaster: u32) -> u64 {
     let mut total = proc_stat(postmaster).map_or(0, |(_, t)| t.iter().sum());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };

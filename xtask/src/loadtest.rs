@@ -111,7 +111,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let server = cluster::server(&bin, &o.out, "terrace", &env)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut server = server;
-    let mut report = rt.block_on(drive(&o, &sim, &server))?;
+    let mut report = rt.block_on(drive(&o, &sim, &server, pg.postmaster_pid()?))?;
     report["cpu_seconds"] = json!({
         "terrace": cpu_seconds(&["-p", &server.pid().to_string()]),
         "simulator": cpu_seconds(&["-p", &sim.pid().to_string()]),
@@ -129,7 +129,7 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Value> {
+async fn drive(o: &Options, sim: &Proc, server: &Proc, postmaster: u32) -> Result<serde_json::Value> {
     let http = reqwest::Client::new();
     let script = json!({"endpoint": "gemini", "behaviour": {"kind": "latency", "delay_ms": o.latency.as_millis() as u64}, "default": true});
     let r = http.post(format!("{}/_sim/script", sim.url())).body(script.to_string()).send().await?;
@@ -154,6 +154,10 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Val
         .map(|u| Client::new(&base, &cluster::token(*u, false), ClientConfig::interactive()))
         .collect::<Result<_, _>>()?;
 
+    // CPU from here to the last generation's end: what the generations cost
+    // (creates, their work, the status reads that follow them), not the setup.
+    let (postgres_t0, server_t0) =
+        (crate::bench::postgres_ticks(postmaster), crate::bench::ticks_of(server.pid()));
     let seen = Arc::new(Observed::default());
     let queue: Arc<Mutex<VecDeque<(Uuid, Instant, usize)>>> = Arc::default();
     let created = Arc::new(AtomicUsize::new(0));
@@ -272,6 +276,9 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Val
     let waited = tokio::time::timeout(bound, futures::future::join_all(pollers)).await;
     sampler.abort();
     let total_time = start.elapsed();
+    let tick = crate::bench::clk_tck();
+    let postgres_cpu = crate::bench::postgres_ticks(postmaster).saturating_sub(postgres_t0) as f64 / tick;
+    let server_cpu = crate::bench::ticks_of(server.pid()).saturating_sub(server_t0) as f64 / tick;
 
     // Tasks still running at the end (must be 0).
     let page = http.get(format!("{base}/metrics")).send().await?.text().await?;
@@ -299,6 +306,9 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc) -> Result<serde_json::Val
         "baseline_rss_bytes": baseline_rss,
         "peak_rss_bytes": seen.peak_rss.load(Ordering::Relaxed),
         "rss_per_in_flight_bytes": per_generation,
+        "run_cpu_seconds": {"postgres": postgres_cpu, "terrace": server_cpu},
+        "postgres_ms_per_generation": 1000.0 * postgres_cpu / created_ok.max(1) as f64,
+        "terrace_ms_per_generation": 1000.0 * server_cpu / created_ok.max(1) as f64,
         "tasks_active_at_end": tasks_active_at_end,
         "create_phase_seconds": create_phase.as_secs_f64(),
         "total_seconds": total_time.as_secs_f64(),
@@ -342,6 +352,8 @@ fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck
          | peak generations in flight | {peak} | 10 000: {pt} |\n\
          | peak RSS | {rss:.1} MiB | |\n\
          | RSS per in-flight generation | {pg:.1} KiB | < 50 KB: {mt} |\n\
+         | Postgres CPU per generation (all processes, from the first create to the last end) | {pgms:.2} ms | ≤ 10 ms: {pgt} |\n\
+         | Terrace CPU per generation | {tms:.2} ms | |\n\
          | tasks active at the end | {tasks} | 0: {tt} |\n\
          | every generation terminal | {all} | |\n\
          | open holds / conservation violations / late | {oh} / {cv} / {late} | 0 / 0 / 0: {lt} |\n\n\
@@ -367,6 +379,9 @@ fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck
         rss = mb(&report["peak_rss_bytes"]),
         pg = per_gen_kb,
         mt = target(per_gen_kb * 1024.0 < 50_000.0),
+        pgms = report["postgres_ms_per_generation"].as_f64().unwrap_or(0.0),
+        pgt = target(report["postgres_ms_per_generation"].as_f64().is_some_and(|v| v <= 10.0)),
+        tms = report["terrace_ms_per_generation"].as_f64().unwrap_or(0.0),
         tasks = report["tasks_active_at_end"],
         tt = target(report["tasks_active_at_end"].as_f64() == Some(0.0)),
         all = ledger.unfinished == 0,

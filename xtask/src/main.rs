@@ -28,6 +28,8 @@
 //!   deterministic simulator (terrace-dst): the real engine and store rules
 //!   under seeded faults, invariants checked after every step
 //!   (`docs/SIMULATION.md`).
+//! - `fuzz <list|TARGET [--minutes M --seed S …]|replay TARGET|all [FILE…]>`:
+//!   the stable fuzzer of terrace-fuzz, optimised (`docs/FUZZING.md`).
 //! - `postgres`: starts a throwaway Postgres and waits for Ctrl-C, printing
 //!   its URL (for running single tests by hand).
 
@@ -83,6 +85,12 @@ fn run() -> Result<()> {
         "lb" => lb::run(&rest),
         "e2e" => e2e::run(&rest),
         "simulate" => simulate::run(&rest),
+        // Optimised, as its figures (executions per second) assume.
+        "fuzz" => {
+            let mut args = vec!["run", "--release", "--quiet", "--locked", "-p", "terrace-fuzz", "--"];
+            args.extend(rest.iter().map(String::as_str));
+            cmd("cargo", &args)
+        }
         "postgres" => {
             let pg = postgres::TestPostgres::start()?;
             println!("TERRACE_TEST_DATABASE_URL={}", pg.url());
@@ -91,7 +99,7 @@ fn run() -> Result<()> {
             std::io::stdin().read_line(&mut line)?;
             Ok(())
         }
-        _ => bail!("usage: cargo xtask <test|ci|loadtest|bench|chaos|lb|e2e|simulate|postgres> [ARGS…]"),
+        _ => bail!("usage: cargo xtask <test|ci|loadtest|bench|chaos|lb|e2e|simulate|fuzz|postgres> [ARGS…]"),
     }
 }
 

@@ -84,6 +84,13 @@ impl TestPostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The postmaster's process id (every server process is its child).
+    pub fn postmaster_pid(&self) -> Result<u32> {
+        let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .context("reading postmaster.pid")?;
+        text.lines().next().and_then(|l| l.trim().parse().ok()).context("postmaster.pid has no pid")
+    }
+
     /// Restarts the server at once (`-m immediate`: in-flight sessions are
     /// cut, as in a crash), with the same options.
     pub fn restart(&self) -> Result<()> {

@@ -214,7 +214,7 @@ fn record(dir: &Path, target: &Target, input: &[u8], why: &str, seed: u64, exec:
     let file = crashes.join(format!("{}-seed{seed}", hex(fnv(input))));
     let _ = std::fs::write(&file, input);
     let note = format!(
-        "target: {}\nseed: {seed}\ninput number: {exec}\nlength: {}\nfailure: {why}\nbound: {}\nreplay: cargo run -p terrace-fuzz --release -- replay {} {}\n",
+        "target: {}\nseed: {seed}\ninput number: {exec}\nlength: {}\nfailure: {why}\nbound: {}\nreplay: cargo xtask fuzz replay {} {}\n",
         target.name,
         input.len(),
         target.bound,
