@@ -236,6 +236,9 @@ pub fn server_env(pg: &TestPostgres, sim: &Proc, extra: &[(&str, &str)]) -> Vec<
         ("GEMINI_API_KEY", GEMINI_KEY.to_owned()),
         ("TERRACE_MAPS_BASE_URL", sim.url()),
         ("TERRACE_GEMINI_BASE_URL", sim.url()),
+        // The simulator speaks HTTP/2 with prior knowledge, as Google speaks
+        // HTTP/2: designs in flight share a few connections.
+        ("TERRACE_GOOGLE_HTTP", "http2".to_owned()),
         // `listening on` is an info line of the binary.
         ("RUST_LOG", "warn,terrace=info".to_owned()),
     ]

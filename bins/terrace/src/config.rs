@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use terrace_api::{ApiConfig, Routes};
 use terrace_domain::{DbPolicy, LeasePolicy, LockPolicy, Policies, RetryPolicy};
+use terrace_google::HttpVersion;
 
 /// A bad configuration value: the variable and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,12 @@ pub struct Config {
     pub maps_base_url: String,
     pub gemini_base_url: String,
     pub gemini_model: String,
+    /// Which HTTP the Google adapters speak (`TERRACE_GOOGLE_HTTP`); with the
+    /// built-in simulator, HTTP/2 unless set.
+    pub google_http: HttpVersion,
+    /// Requests in flight on one HTTP/2 connection to Google before another
+    /// is opened (`TERRACE_GOOGLE_STREAMS_PER_CONNECTION`).
+    pub google_streams_per_connection: usize,
     /// `None` only in dev mode: a random one is made.
     pub jwt_secret: Option<String>,
     /// The audience a token with an `aud` claim must name.
@@ -240,6 +247,21 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
     if !gemini_model.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
         return Err(err("TERRACE_GEMINI_MODEL", format!("{gemini_model:?} is not a model name")));
     }
+    let google_http = match env.raw("TERRACE_GOOGLE_HTTP").map(str::trim) {
+        // The built-in simulator speaks HTTP/2 with prior knowledge.
+        None if google == Google::Simulator => HttpVersion::Http2,
+        None | Some("auto") => HttpVersion::Auto,
+        Some("http2") => HttpVersion::Http2,
+        Some("http1") => HttpVersion::Http1,
+        Some(other) => {
+            return Err(err("TERRACE_GOOGLE_HTTP", format!("{other:?} must be auto, http2 or http1")));
+        }
+    };
+    let google_streams_per_connection = env.number(
+        "TERRACE_GOOGLE_STREAMS_PER_CONNECTION",
+        terrace_google::DEFAULT_STREAMS_PER_CONNECTION,
+        (1, 1000),
+    )?;
     let jwt_secret = env.raw("TERRACE_JWT_SECRET").map(str::to_owned);
     match &jwt_secret {
         None if !dev => return Err(err("TERRACE_JWT_SECRET", "is required when DATABASE_URL is set")),
@@ -314,6 +336,8 @@ pub fn load(env: &Env<'_>) -> Result<Config, ConfigError> {
         maps_base_url,
         gemini_base_url,
         gemini_model,
+        google_http,
+        google_streams_per_connection,
         jwt_secret,
         jwt_audience,
         policies,
@@ -415,6 +439,8 @@ mod tests {
         assert_eq!(c.bind.to_string(), "127.0.0.1:8000");
         assert_eq!(c.role, Role::All);
         assert_eq!(c.google, Google::Simulator);
+        assert_eq!(c.google_http, HttpVersion::Http2, "the built-in simulator speaks HTTP/2");
+        assert_eq!(c.google_streams_per_connection, 100);
         assert_eq!(c.policies.trial_credits, 3);
         assert_eq!(c.api.trial_credits, 3);
         assert_eq!(c.api.request_timeout, Duration::from_secs(30));
@@ -468,6 +494,42 @@ mod tests {
         ] {
             assert_eq!(load(&Env(&env(&pairs))).unwrap_err().var, var, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn google_speaks_http2_where_tls_offers_it_unless_told_otherwise() {
+        let keys = [("GOOGLE_MAPS_API_KEY", "maps"), ("GEMINI_API_KEY", "gemini")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let pairs: Vec<_> = keys.iter().chain(extra).copied().collect();
+            load(&Env(&env(&pairs)))
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!((c.google_http, c.google_streams_per_connection), (HttpVersion::Auto, 100));
+        for (value, version) in
+            [("auto", HttpVersion::Auto), (" http2 ", HttpVersion::Http2), ("http1", HttpVersion::Http1)]
+        {
+            assert_eq!(with(&[("TERRACE_GOOGLE_HTTP", value)]).unwrap().google_http, version, "{value}");
+        }
+        // Set, it holds with the built-in simulator too.
+        let c = load(&Env(&env(&[("TERRACE_GOOGLE_HTTP", "http1")]))).unwrap();
+        assert_eq!((c.google, c.google_http), (Google::Simulator, HttpVersion::Http1));
+        let c = with(&[("TERRACE_GOOGLE_STREAMS_PER_CONNECTION", "1000")]).unwrap();
+        assert_eq!(c.google_streams_per_connection, 1000);
+        for (var, value) in [
+            ("TERRACE_GOOGLE_HTTP", "h2c"),
+            ("TERRACE_GOOGLE_HTTP", "HTTP/2"),
+            ("TERRACE_GOOGLE_STREAMS_PER_CONNECTION", "0"),
+            ("TERRACE_GOOGLE_STREAMS_PER_CONNECTION", "1001"),
+            ("TERRACE_GOOGLE_STREAMS_PER_CONNECTION", "many"),
+        ] {
+            let e = with(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var, "{value}");
+            assert!(e.to_string().contains(value.trim()), "{e}");
+        }
+        assert_eq!(
+            with(&[("TERRACE_GOOGLE_HTTP", "h2c")]).unwrap_err().to_string(),
+            r#"invalid configuration: TERRACE_GOOGLE_HTTP: "h2c" must be auto, http2 or http1"#
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub fn adapters(
             maps_timeout: cfg.policies.maps_timeout,
             llm_connect_timeout: cfg.policies.llm_connect_timeout,
             llm_idle_timeout: cfg.policies.llm_idle_timeout,
+            http: cfg.google_http,
+            streams_per_connection: cfg.google_streams_per_connection,
         },
         observer.clone(),
     )

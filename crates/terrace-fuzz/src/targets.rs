@@ -424,6 +424,8 @@ static GOOGLE: LazyLock<GoogleClient> = LazyLock::new(|| {
         maps_timeout: Duration::from_secs(10),
         llm_connect_timeout: Duration::from_secs(10),
         llm_idle_timeout: Duration::from_secs(60),
+        http: terrace_google::HttpVersion::Auto,
+        streams_per_connection: terrace_google::DEFAULT_STREAMS_PER_CONNECTION,
     };
     GoogleClient::new(config, Arc::new(NoopObserver)).expect("a valid Google configuration")
 });

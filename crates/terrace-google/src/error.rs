@@ -19,6 +19,8 @@ pub enum ConfigError {
     InvalidKey { which: &'static str },
     #[error("{which} must be greater than zero")]
     ZeroTimeout { which: &'static str },
+    #[error("{which} must be greater than zero")]
+    ZeroLimit { which: &'static str },
     #[error("could not build the HTTP client: {0}")]
     Client(String),
 }

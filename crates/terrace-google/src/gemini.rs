@@ -2,6 +2,7 @@
 //! [`DesignEvent`]s with the silence limit measured on bytes received.
 
 use crate::error::{ErrorBody, GoogleError, clean, http_status, retry_after_header, transport};
+use crate::lanes::LaneGuard;
 use crate::{GoogleClient, Inner, upstream_outcome};
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -105,7 +106,7 @@ impl DesignModel for GoogleClient {
         let inner = Arc::clone(&self.inner);
         let start = Instant::now();
         match inner.open(&request).await {
-            Ok(resp) => Ok(GeminiStream::new(resp, inner, start).boxed()),
+            Ok((resp, lane)) => Ok(GeminiStream::new(resp, lane, inner, start).boxed()),
             Err(e) => {
                 let (outcome, timeout) = upstream_outcome(&e);
                 inner.report(Upstream::Gemini, outcome, timeout, start.elapsed());
@@ -117,8 +118,9 @@ impl DesignModel for GoogleClient {
 
 impl Inner {
     /// Sends the request and waits for successful response headers, within
-    /// the connect timeout and the silence limit.
-    async fn open(&self, request: &DesignRequest) -> Result<reqwest::Response, UpstreamError> {
+    /// the connect timeout and the silence limit. The response comes with its
+    /// place on a lane, for the stream to hold until it ends or is dropped.
+    async fn open(&self, request: &DesignRequest) -> Result<(reqwest::Response, LaneGuard), UpstreamError> {
         // Sent as a one-chunk stream with its length: a body given as bytes
         // stays referenced by the client (for redirects) until the answer
         // comes, which for a design is minutes of a large base64 image per
@@ -126,8 +128,9 @@ impl Inner {
         let body = bytes::Bytes::from(request_body(request));
         let length = body.len();
         let once = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
-        let send = self
-            .http
+        let lane = self.gemini.acquire();
+        let send = lane
+            .http()
             .post(self.gemini_url.clone())
             .header("x-goog-api-key", self.gemini_key_header.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -142,7 +145,7 @@ impl Inner {
             .map_err(transport)?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(resp);
+            return Ok((resp, lane));
         }
         // Read Google's error body (bounded in size and silence) to learn
         // its reason and `RetryInfo.retryDelay`.
@@ -374,8 +377,9 @@ type Events = BoxStream<'static, Result<Event, EventStreamError<ByteError>>>;
 
 /// The design stream: SSE events turned into [`DesignEvent`]s, plus
 /// `Progress` while a large event is still arriving (its `received_bytes` is
-/// the stream's total so far). Ends after the first
-/// error. Dropping it drops the response body, which closes the connection.
+/// the stream's total so far). Ends after the first error. Dropping it drops
+/// the response body, which closes the connection (HTTP/1.1) or resets the
+/// stream (HTTP/2), and frees its place on the lane.
 struct GeminiStream {
     events: Option<Events>,
     received: Arc<AtomicUsize>,
@@ -388,15 +392,24 @@ struct GeminiStream {
     start: Instant,
     /// The request's outcome was reported to the observer.
     observed: bool,
+    /// The request's place on its lane, held while the response body is:
+    /// until the stream ends or is dropped (`None` for a stream over given
+    /// bytes, and once the body is gone).
+    lane: Option<LaneGuard>,
 }
 
 impl GeminiStream {
-    fn new(resp: reqwest::Response, inner: Arc<Inner>, start: Instant) -> Self {
-        Self::over(resp.bytes_stream().boxed(), inner, start)
+    fn new(resp: reqwest::Response, lane: LaneGuard, inner: Arc<Inner>, start: Instant) -> Self {
+        Self::over(resp.bytes_stream().boxed(), Some(lane), inner, start)
     }
 
     /// The stream over a response body's chunks.
-    fn over(body: BoxStream<'static, reqwest::Result<Bytes>>, inner: Arc<Inner>, start: Instant) -> Self {
+    fn over(
+        body: BoxStream<'static, reqwest::Result<Bytes>>,
+        lane: Option<LaneGuard>,
+        inner: Arc<Inner>,
+        start: Instant,
+    ) -> Self {
         let received = Arc::new(AtomicUsize::new(0));
         let idle = inner.idle_timeout;
         let bytes = IdleBytes::new(body, idle, Arc::clone(&received));
@@ -410,7 +423,14 @@ impl GeminiStream {
             inner,
             start,
             observed: false,
+            lane,
         }
+    }
+
+    /// Drops the response body, and with it the request's place on its lane.
+    fn close(&mut self) {
+        self.events = None;
+        self.lane = None;
     }
 
     fn observe(&mut self, outcome: UpstreamOutcome, timeout: Option<TimeoutKind>) {
@@ -420,9 +440,9 @@ impl GeminiStream {
         }
     }
 
-    /// Ends the stream with `e`: the connection is dropped at once.
+    /// Ends the stream with `e`: the response body is dropped at once.
     fn fail(&mut self, e: DesignError) {
-        self.events = None;
+        self.close();
         let (outcome, timeout) = match &e {
             DesignError::Upstream(u) => upstream_outcome(u),
             DesignError::Blocked { .. } | DesignError::NoImage => (UpstreamOutcome::Rejected, None),
@@ -521,7 +541,7 @@ impl Stream for GeminiStream {
                     this.fail(e.into());
                 }
                 Poll::Ready(None) => {
-                    this.events = None;
+                    this.close();
                     let outcome =
                         if this.saw_image { UpstreamOutcome::Ok } else { UpstreamOutcome::Rejected };
                     this.observe(outcome, None);
@@ -551,7 +571,7 @@ impl Stream for GeminiStream {
 #[doc(hidden)]
 pub fn design_stream_over(client: &GoogleClient, chunks: Vec<Bytes>) -> DesignStream {
     let body = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
-    GeminiStream::over(body, Arc::clone(&client.inner), Instant::now()).boxed()
+    GeminiStream::over(body, None, Arc::clone(&client.inner), Instant::now()).boxed()
 }
 
 impl Drop for GeminiStream {

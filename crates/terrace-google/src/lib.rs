@@ -1,5 +1,5 @@
 //! Google over HTTP: the geocoding, imagery and design-model ports on Maps and
-//! Gemini, called with one shared `reqwest` client (no SDK).
+//! Gemini, called with `reqwest` (no SDK).
 //!
 //! [`GoogleClient`] implements [`Geocoder`](terrace_ports::Geocoder),
 //! [`Imagery`](terrace_ports::Imagery) and
@@ -19,11 +19,18 @@
 //! Only this crate knows Google's wire format: paths, query parameters, JSON
 //! shapes, statuses and the event stream. `docs/GOOGLE.md` is the mapping.
 //!
+//! HTTP/2 where it can ([`HttpVersion`]): many requests in flight share a
+//! few connections. Each upstream has its lanes (see `lanes`): clients with
+//! their own pools, so that no more than
+//! [`GoogleConfig::streams_per_connection`] requests share one HTTP/2
+//! connection and none queue behind Google's stream limit.
+//!
 //! API keys are held in [`ApiKey`], whose `Debug` and `Display` print `***`;
 //! no error, log line or metric label carries a key or a request URL.
 
 mod error;
 mod gemini;
+mod lanes;
 mod maps;
 
 pub use error::ConfigError;
@@ -62,6 +69,24 @@ impl std::fmt::Display for ApiKey {
     }
 }
 
+/// Which HTTP the adapter speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/2 where TLS negotiates it (ALPN: Google's `https` endpoints),
+    /// else HTTP/1.1 (plain `http`).
+    #[default]
+    Auto,
+    /// HTTP/2 always; over plain `http` with prior knowledge (h2c), as the
+    /// simulator speaks it.
+    Http2,
+    /// HTTP/1.1 only.
+    Http1,
+}
+
+/// Requests in flight on one HTTP/2 connection by default: Google's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+pub const DEFAULT_STREAMS_PER_CONNECTION: usize = 100;
+
 /// Where Google is and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct GoogleConfig {
@@ -75,15 +100,21 @@ pub struct GoogleConfig {
     pub gemini_api_key: ApiKey,
     /// One whole Maps request.
     pub maps_timeout: Duration,
-    /// Establishing a connection. Set on the shared client, so it bounds Maps
+    /// Establishing a connection. Set on every client, so it bounds Maps
     /// connects too (which are also inside the whole-request timeout).
     pub llm_connect_timeout: Duration,
     /// Longest silence on the Gemini stream: before the headers or between bytes.
     pub llm_idle_timeout: Duration,
+    /// HTTP/2 or HTTP/1.1.
+    pub http: HttpVersion,
+    /// Requests in flight on one HTTP/2 connection before another is opened
+    /// ([`DEFAULT_STREAMS_PER_CONNECTION`]; not above the server's stream
+    /// limit, or requests queue inside the connection). Unused on HTTP/1.1.
+    pub streams_per_connection: usize,
 }
 
-/// The Google adapters. Cheap to clone; every clone shares one HTTP client
-/// (one connection pool), built in [`GoogleClient::new`].
+/// The Google adapters. Cheap to clone; every clone shares the same HTTP
+/// clients (their connection pools), the first made in [`GoogleClient::new`].
 #[derive(Debug, Clone)]
 pub struct GoogleClient {
     inner: Arc<Inner>,
@@ -91,7 +122,10 @@ pub struct GoogleClient {
 
 #[derive(Debug)]
 struct Inner {
-    http: reqwest::Client,
+    /// The clients Maps requests go out on.
+    maps: lanes::Lanes,
+    /// The clients Gemini requests go out on.
+    gemini: lanes::Lanes,
     observer: Arc<dyn Observer>,
     maps_key: ApiKey,
     gemini_key: ApiKey,
@@ -116,8 +150,41 @@ fn join(base: &str, path: &str, which: &'static str) -> Result<reqwest::Url, Con
     Ok(url)
 }
 
+/// One lane's HTTP client.
+fn client(http: HttpVersion, connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        // No silent resends: a design request sent twice is billed twice,
+        // and the engine owns retries. This also keeps the client from
+        // holding a copy of every request body for a possible resend.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
+        .user_agent(concat!("terrace/", env!("CARGO_PKG_VERSION")));
+    match http {
+        // With the `http2` feature, TLS offers h2 then http/1.1 by ALPN.
+        HttpVersion::Auto => builder,
+        HttpVersion::Http2 => builder.http2_prior_knowledge(),
+        HttpVersion::Http1 => builder.http1_only(),
+    }
+    .build()
+}
+
+/// Requests in flight per lane to `url`: one lane with no limit where the
+/// requests go over HTTP/1.1.
+fn lane_limit(http: HttpVersion, url: &reqwest::Url, streams_per_connection: usize) -> usize {
+    match http {
+        HttpVersion::Http1 => usize::MAX,
+        HttpVersion::Auto if url.scheme() == "http" => usize::MAX,
+        HttpVersion::Auto | HttpVersion::Http2 => streams_per_connection,
+    }
+}
+
 impl GoogleClient {
-    /// Checks the configuration and builds the one HTTP client.
+    /// Checks the configuration and builds the first HTTP client of each
+    /// upstream.
     pub fn new(config: GoogleConfig, observer: Arc<dyn Observer>) -> Result<Self, ConfigError> {
         for (which, d) in [
             ("maps_timeout", config.maps_timeout),
@@ -138,6 +205,9 @@ impl GoogleClient {
                 return Err(ConfigError::InvalidKey { which });
             }
         }
+        if config.streams_per_connection == 0 {
+            return Err(ConfigError::ZeroLimit { which: "streams_per_connection" });
+        }
         let model = config.gemini_model.trim();
         if model.is_empty() || !model.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
             return Err(ConfigError::InvalidModel);
@@ -148,28 +218,25 @@ impl GoogleClient {
             &format!("/v1beta/models/{model}:streamGenerateContent?alt=sse"),
             "gemini_base_url",
         )?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.llm_connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            // No silent resends: a design request sent twice is billed twice,
-            // and the engine owns retries. This also keeps the client from
-            // holding a copy of every request body for a possible resend.
-            .retry(reqwest::retry::never().max_retries_per_request(0))
-            .user_agent(concat!("terrace/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ConfigError::Client(error::describe(e)))?;
+        let geocode_url = join(maps, "/maps/api/geocode/json", "maps_base_url")?;
+        let (http, connect) = (config.http, config.llm_connect_timeout);
+        let make = || -> lanes::MakeClient { Box::new(move || client(http, connect)) };
+        let lanes = |url: &reqwest::Url| {
+            lanes::Lanes::new(lane_limit(http, url, config.streams_per_connection), make())
+                .map_err(|e| ConfigError::Client(error::describe(e)))
+        };
+        let maps_lanes = lanes(&geocode_url)?;
+        let gemini_lanes = lanes(&gemini_url)?;
         let mut gemini_key_header = reqwest::header::HeaderValue::from_str(config.gemini_api_key.expose())
             .map_err(|_| ConfigError::InvalidKey { which: "gemini_api_key" })?;
         gemini_key_header.set_sensitive(true);
         Ok(Self {
             inner: Arc::new(Inner {
-                http,
+                maps: maps_lanes,
+                gemini: gemini_lanes,
                 gemini_key_header,
                 observer,
-                geocode_url: join(maps, "/maps/api/geocode/json", "maps_base_url")?,
+                geocode_url,
                 metadata_url: join(maps, "/maps/api/streetview/metadata", "maps_base_url")?,
                 street_view_url: join(maps, "/maps/api/streetview", "maps_base_url")?,
                 static_map_url: join(maps, "/maps/api/staticmap", "maps_base_url")?,
@@ -231,6 +298,8 @@ mod tests {
             maps_timeout: Duration::from_secs(10),
             llm_connect_timeout: Duration::from_secs(5),
             llm_idle_timeout: Duration::from_secs(90),
+            http: HttpVersion::Auto,
+            streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
         }
     }
 
@@ -280,8 +349,31 @@ mod tests {
         let mut c = config();
         c.gemini_api_key = ApiKey::new(" ");
         assert_eq!(
-            GoogleClient::new(c, observer).unwrap_err(),
+            GoogleClient::new(c, observer.clone()).unwrap_err(),
             ConfigError::EmptyKey { which: "gemini_api_key" }
         );
+        let mut c = config();
+        c.streams_per_connection = 0;
+        assert_eq!(
+            GoogleClient::new(c, observer).unwrap_err(),
+            ConfigError::ZeroLimit { which: "streams_per_connection" }
+        );
+    }
+
+    #[test]
+    fn lanes_have_a_limit_only_where_requests_share_http2_connections() {
+        let https = reqwest::Url::parse("https://maps.googleapis.com/maps/api/geocode/json").expect("url");
+        let http = reqwest::Url::parse("http://127.0.0.1:9/maps/api/geocode/json").expect("url");
+        assert_eq!(lane_limit(HttpVersion::Auto, &https, 100), 100);
+        assert_eq!(lane_limit(HttpVersion::Auto, &http, 100), usize::MAX, "plain http is HTTP/1.1");
+        assert_eq!(lane_limit(HttpVersion::Http2, &http, 7), 7);
+        assert_eq!(lane_limit(HttpVersion::Http2, &https, 7), 7);
+        assert_eq!(lane_limit(HttpVersion::Http1, &https, 100), usize::MAX);
+        for version in [HttpVersion::Auto, HttpVersion::Http2, HttpVersion::Http1] {
+            let mut c = config();
+            c.http = version;
+            let client = GoogleClient::new(c, Arc::new(NoopObserver)).expect("builds");
+            assert_eq!((client.inner.maps.len(), client.inner.gemini.len()), (1, 1), "{version:?}");
+        }
     }
 }

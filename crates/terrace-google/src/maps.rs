@@ -100,10 +100,12 @@ fn malformed(what: &str, e: &serde_json::Error) -> UpstreamError {
 
 impl Inner {
     /// Sends one GET and reads the whole body, all within the Maps timeout.
+    /// The request holds its place on a lane until its body is read.
     async fn get(&self, url: &reqwest::Url, query: &[(&str, &str)], cap: usize) -> Result<Answer, Failure> {
         let request = async {
-            let mut resp = self
-                .http
+            let lane = self.maps.acquire();
+            let mut resp = lane
+                .http()
                 .get(url.clone())
                 .query(query)
                 .query(&[("key", self.maps_key.expose())])

@@ -76,7 +76,8 @@ pub enum Behaviour {
         #[serde(rename = "retry_delay_ms", with = "opt_millis", default)]
         retry_delay: Option<Duration>,
     },
-    /// Close the connection with a TCP reset before answering.
+    /// Close the connection with a TCP reset before answering (on HTTP/2:
+    /// reset the request's stream, `RST_STREAM`, and leave the connection).
     ConnectionReset,
     /// A 200 whose JSON does not parse (Gemini: one event of broken JSON;
     /// images: an HTML page instead of an image).

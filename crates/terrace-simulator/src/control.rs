@@ -7,7 +7,7 @@
 //! | `POST /_sim/script` `{"endpoint": "geocode", "behaviour": {"kind": "latency", "delay_ms": 200}, "default": true}` | sets the endpoint's default |
 //! | `POST /_sim/latency` `{"delay_ms": 50}` | a delay before every answer |
 //! | `POST /_sim/reset` | clears scripts, defaults, latency, records and counters |
-//! | `GET /_sim/stats` | [`crate::Stats`] as JSON |
+//! | `GET /_sim/stats` | [`crate::Stats`] as JSON: per endpoint, and `connections` (`accepted`, `http1`, `http2`, `open`) |
 //! | `GET /_sim/requests` | the [`crate::RequestRecord`]s as JSON |
 //!
 //! Answers are 204 on success, 400 with a one-line reason otherwise.

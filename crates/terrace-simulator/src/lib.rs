@@ -16,6 +16,10 @@
 //! [`Simulator::stats`]), including whether the client abandoned a response
 //! before its end.
 //!
+//! It speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same
+//! port, and allows [`MAX_CONCURRENT_STREAMS`] streams per HTTP/2 connection,
+//! as Google does; [`Stats::connections`] counts the connections of each.
+//!
 //! Every connection task is tracked; [`Simulator::shutdown`] ends them all,
 //! hanging behaviours included, within a bound. Dropping a [`Simulator`]
 //! cancels its tasks too.
@@ -29,6 +33,7 @@ mod png;
 mod server;
 
 pub use behaviour::{Behaviour, Endpoint};
+pub use server::MAX_CONCURRENT_STREAMS;
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -131,7 +136,20 @@ impl EndpointStats {
     }
 }
 
-/// What the simulator saw, per endpoint.
+/// The connections clients opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Of those, the ones that spoke HTTP/1.
+    pub http1: u64,
+    /// Of those, the ones that spoke HTTP/2 (with prior knowledge).
+    pub http2: u64,
+    /// Connections open now (not cleared by a reset).
+    pub open: u64,
+}
+
+/// What the simulator saw, per endpoint, and its connections.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     pub geocode: EndpointStats,
@@ -139,6 +157,7 @@ pub struct Stats {
     pub street_view: EndpointStats,
     pub static_map: EndpointStats,
     pub gemini: EndpointStats,
+    pub connections: ConnectionStats,
 }
 
 impl Stats {
@@ -189,6 +208,25 @@ impl Counters {
     }
 }
 
+#[derive(Debug, Default)]
+struct ConnectionCounters {
+    accepted: AtomicU64,
+    http1: AtomicU64,
+    http2: AtomicU64,
+    open: AtomicU64,
+}
+
+/// Counts a connection as open until it is dropped.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Arc<State>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
+    }
+}
+
 #[derive(Debug)]
 struct Scripts {
     queues: [VecDeque<Behaviour>; 5],
@@ -225,6 +263,7 @@ pub(crate) struct State {
     scripts: Mutex<Scripts>,
     latency_ms: AtomicU64,
     counters: [Counters; 5],
+    connections: ConnectionCounters,
     records: Mutex<Vec<RequestRecord>>,
     record_limit: usize,
     next_id: AtomicU64,
@@ -248,6 +287,7 @@ impl State {
             scripts: Mutex::new(Scripts::new()),
             latency_ms: AtomicU64::new(0),
             counters: Default::default(),
+            connections: ConnectionCounters::default(),
             records: Mutex::new(Vec::new()),
             record_limit: config.record_limit,
             next_id: AtomicU64::new(0),
@@ -281,6 +321,28 @@ impl State {
         for c in &self.counters {
             c.clear();
         }
+        let c = &self.connections;
+        for counter in [&c.accepted, &c.http1, &c.http2] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Counts a new connection, open until the returned guard is dropped.
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.connections.accepted.fetch_add(1, Ordering::Relaxed);
+        self.connections.open.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+        OpenConnection(Arc::clone(self))
+    }
+
+    /// Counts the protocol a connection turned out to speak.
+    pub(crate) fn connection_speaks(&self, protocol: server::Protocol) {
+        let counter = match protocol {
+            server::Protocol::Http1 => &self.connections.http1,
+            server::Protocol::Http2 => &self.connections.http2,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
@@ -359,6 +421,12 @@ impl State {
             street_view: s(Endpoint::StreetView),
             static_map: s(Endpoint::StaticMap),
             gemini: s(Endpoint::Gemini),
+            connections: ConnectionStats {
+                accepted: self.connections.accepted.load(Ordering::Relaxed),
+                http1: self.connections.http1.load(Ordering::Relaxed),
+                http2: self.connections.http2.load(Ordering::Relaxed),
+                open: self.connections.open.load(Ordering::Relaxed),
+            },
         }
     }
 
@@ -433,7 +501,8 @@ impl Simulator {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`: the base URL for both Maps and Gemini.
+    /// `http://127.0.0.1:PORT`: the base URL for both Maps and Gemini, over
+    /// HTTP/1.1 or HTTP/2 with prior knowledge.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

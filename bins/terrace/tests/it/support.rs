@@ -21,6 +21,8 @@ pub fn base_env(sim: &Simulator) -> Vec<(String, String)> {
         ("GEMINI_API_KEY", sim.gemini_key().to_owned()),
         ("TERRACE_MAPS_BASE_URL", sim.base_url()),
         ("TERRACE_GEMINI_BASE_URL", sim.base_url()),
+        // As in dev mode and the cluster: HTTP/2 with prior knowledge.
+        ("TERRACE_GOOGLE_HTTP", "http2".into()),
         ("TERRACE_MAPS_TIMEOUT", "1s".into()),
         ("TERRACE_LLM_IDLE_TIMEOUT", "1s".into()),
         ("TERRACE_LLM_CONNECT_TIMEOUT", "1s".into()),

@@ -9,7 +9,7 @@ use terrace_domain::{DesignError, TimeoutKind};
 use terrace_ports::{DesignEvent, DesignModel, DesignRequest, Image, Upstream, UpstreamOutcome};
 use terrace_simulator::{Behaviour, Endpoint, RequestEnd};
 
-fn request() -> DesignRequest {
+pub(crate) fn request() -> DesignRequest {
     DesignRequest {
         prompt: "Redesign this front yard as a japanese zen garden.".into(),
         source: Image {
@@ -21,16 +21,16 @@ fn request() -> DesignRequest {
 
 /// What one design call produced.
 #[derive(Debug, Default)]
-struct Outcome {
-    texts: usize,
-    images: Vec<Image>,
-    progress: usize,
-    result: Option<Result<(), DesignError>>,
+pub(crate) struct Outcome {
+    pub texts: usize,
+    pub images: Vec<Image>,
+    pub progress: usize,
+    pub result: Option<Result<(), DesignError>>,
 }
 
 /// Runs one design to its end (or first error), bounded so a broken adapter
 /// fails the test instead of hanging it.
-async fn design(h: &Harness) -> Outcome {
+pub(crate) async fn design(h: &Harness) -> Outcome {
     let run = async {
         let mut out = Outcome::default();
         let mut stream = match h.client.generate(request()).await {
@@ -59,7 +59,11 @@ async fn design(h: &Harness) -> Outcome {
     tokio::time::timeout(Duration::from_secs(8), run).await.expect("the design call ended")
 }
 
-async fn check_with(h: Harness, behaviour: Option<Behaviour>, expect: Expect) -> (Harness, Outcome) {
+pub(crate) async fn check_with(
+    h: Harness,
+    behaviour: Option<Behaviour>,
+    expect: Expect,
+) -> (Harness, Outcome) {
     if let Some(b) = behaviour {
         h.sim.script(Endpoint::Gemini, b);
     }
@@ -107,7 +111,7 @@ macro_rules! faults {
     )+};
 }
 
-const IDLE: Expect = Expect::Timeout(TimeoutKind::Idle);
+pub(crate) const IDLE: Expect = Expect::Timeout(TimeoutKind::Idle);
 
 faults! {
     hang_before_headers_times_out_idle: Behaviour::HangBeforeHeaders => IDLE;

@@ -2,5 +2,6 @@
 //! paused time: every deadline is short and really waited for.
 
 mod gemini;
+mod http2;
 mod maps;
 mod support;

@@ -8,7 +8,7 @@ use terrace_ports::{Geocoder, Imagery, Upstream};
 use terrace_simulator::{Behaviour, Endpoint, RequestEnd};
 
 #[derive(Debug, Clone, Copy)]
-enum Call {
+pub(crate) enum Call {
     Geocode,
     Metadata,
     StreetView,
@@ -34,14 +34,23 @@ impl Call {
     }
 }
 
-fn at() -> LatLng {
+pub(crate) fn at() -> LatLng {
     LatLng::new(37.422, -122.0841).expect("valid")
 }
 
 /// Makes one call with `behaviour` scripted and checks everything about it.
 /// Returns the harness for further checks.
 async fn check(call: Call, behaviour: Option<Behaviour>, expect: Expect) -> Harness {
-    let h = harness().await;
+    check_on(harness().await, call, behaviour, expect).await
+}
+
+/// [`check`] on a given harness.
+pub(crate) async fn check_on(
+    h: Harness,
+    call: Call,
+    behaviour: Option<Behaviour>,
+    expect: Expect,
+) -> Harness {
     if let Some(b) = behaviour {
         h.sim.script(call.endpoint(), b);
     }
@@ -95,11 +104,11 @@ macro_rules! faults {
     )+};
 }
 
-fn status(s: &str) -> Behaviour {
+pub(crate) fn status(s: &str) -> Behaviour {
     Behaviour::MapsStatus { status: s.into() }
 }
 
-const TIMEOUT: Expect = Expect::Timeout(TimeoutKind::Request);
+pub(crate) const TIMEOUT: Expect = Expect::Timeout(TimeoutKind::Request);
 
 faults! {
     geocode_zero_results_is_not_found: Geocode, Behaviour::zero_results() => Expect::NotFound;
@@ -253,7 +262,7 @@ async fn dropping_a_maps_call_abandons_its_request() {
 
 /// Collects what tracing writes.
 #[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

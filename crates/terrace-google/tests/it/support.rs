@@ -5,7 +5,7 @@ use std::time::Duration;
 use terrace_domain::{
     Classify, DesignError, GenerationStatus, GeocodeError, ImageryError, TimeoutKind, UpstreamError,
 };
-use terrace_google::{ApiKey, GoogleClient, GoogleConfig};
+use terrace_google::{ApiKey, DEFAULT_STREAMS_PER_CONNECTION, GoogleClient, GoogleConfig, HttpVersion};
 use terrace_ports::{Observer, Upstream, UpstreamOutcome};
 use terrace_simulator::{Simulator, SimulatorConfig};
 
@@ -70,6 +70,8 @@ pub fn config(maps: &str, gemini: &str, maps_key: &str, gemini_key: &str) -> Goo
         maps_timeout: MAPS_TIMEOUT,
         llm_connect_timeout: CONNECT_TIMEOUT,
         llm_idle_timeout: IDLE_TIMEOUT,
+        http: HttpVersion::Auto,
+        streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
     }
 }
 
@@ -79,13 +81,29 @@ pub async fn harness_with(sim: SimulatorConfig) -> Harness {
 
 /// A harness whose Gemini silence limit is `idle`.
 pub async fn harness_idle(sim: SimulatorConfig, idle: Duration) -> Harness {
+    harness_configured(sim, |c| c.llm_idle_timeout = idle).await
+}
+
+/// A harness whose adapter's configuration `adjust` changed.
+pub async fn harness_configured(sim: SimulatorConfig, adjust: impl FnOnce(&mut GoogleConfig)) -> Harness {
     let sim = Simulator::start(sim).await.expect("simulator starts");
     let recorder = Arc::new(Recorder::default());
     let base = sim.base_url();
     let mut config = config(&base, &base, MAPS_KEY, GEMINI_KEY);
-    config.llm_idle_timeout = idle;
+    adjust(&mut config);
     let client = GoogleClient::new(config, recorder.clone()).expect("client builds");
     Harness { sim, client, recorder }
+}
+
+/// A harness whose adapter speaks HTTP/2 with prior knowledge, at most
+/// `streams` requests per connection, with the silence limit `idle`.
+pub async fn harness_http2(idle: Duration, streams: usize) -> Harness {
+    harness_configured(sim_config(true), |c| {
+        c.http = HttpVersion::Http2;
+        c.streams_per_connection = streams;
+        c.llm_idle_timeout = idle;
+    })
+    .await
 }
 
 pub async fn harness() -> Harness {
@@ -93,6 +111,14 @@ pub async fn harness() -> Harness {
 }
 
 impl Harness {
+    /// Checks that every connection the simulator saw spoke HTTP/2, then
+    /// shuts it down.
+    pub async fn finish_http2(self) {
+        let connections = self.sim.stats().connections;
+        assert!(connections.http2 >= 1 && connections.http1 == 0, "{connections:?}");
+        self.finish().await;
+    }
+
     /// Shuts the simulator down and checks that every task ended in time.
     pub async fn finish(self) {
         assert!(self.sim.shutdown().await, "simulator tasks did not end within the shutdown bound");

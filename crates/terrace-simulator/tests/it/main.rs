@@ -1,8 +1,10 @@
 //! The simulator over real loopback HTTP, seen by a plain HTTP client: its
-//! wire format, its control endpoint, its bounds and its records.
+//! wire format (over HTTP/1.1 and HTTP/2), its control endpoint, its bounds
+//! and its records.
 
 mod control;
 mod designs;
+mod http2;
 mod lifecycle;
 mod wire;
 
