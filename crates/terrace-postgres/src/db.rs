@@ -62,6 +62,87 @@ pub(crate) struct Db {
     acquire_timeouts: AtomicU64,
     /// Cancel requests for connections whose deadline passed.
     tasks: TaskTracker,
+    /// Connections that plain reads share (see [`Db::read`]).
+    readers: Vec<std::sync::Mutex<Option<Arc<Shared>>>>,
+    next_reader: AtomicU64,
+}
+
+/// Pooled connections set aside for shared reads: one per eight of the
+/// pool, at most four, none for a pool smaller than eight.
+fn shared_readers(pool_size: usize) -> usize {
+    (pool_size / 8).min(4)
+}
+
+/// A pooled connection that many reads use at once. Returned to the pool
+/// when the last user lets go of it, unless it broke: then it is closed.
+struct Shared {
+    obj: Option<Object>,
+    cancel: CancelToken,
+    broken: std::sync::atomic::AtomicBool,
+    /// Reads on the connection now.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One read on a shared connection. Dropped unfinished (its caller gave up,
+/// or its deadline passed), it takes the connection out of use, so that no
+/// later read queues behind a statement that may be stuck; the last read to
+/// leave such a connection asks the server to cancel what still runs there.
+/// A cancel is never sent while another read is on the connection: it would
+/// stop whichever statement runs, perhaps another caller's.
+struct Reading<'a> {
+    db: &'a Db,
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.db.evict(&self.shared);
+        }
+        let left = self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.shared.broken.load(Ordering::Acquire) && !self.finished {
+            let (cancel, bound) = (self.shared.cancel.clone(), self.db.policy.connect_timeout);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                self.db.tasks.spawn_on(
+                    async move {
+                        match tokio::time::timeout(bound, cancel.cancel_query(NoTls)).await {
+                            Ok(Ok(())) => tracing::debug!("cancelled an abandoned read"),
+                            Ok(Err(e)) => tracing::warn!(error = %e, "cancelling an abandoned read failed"),
+                            Err(_) => tracing::warn!("cancelling an abandoned read timed out"),
+                        }
+                    },
+                    &rt,
+                );
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("broken", &self.broken).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn client(&self) -> &Object {
+        self.obj.as_ref().expect("the connection is present until drop")
+    }
+
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed) && !self.client().is_closed()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if self.broken.load(Ordering::Relaxed) {
+            if let Some(obj) = self.obj.take() {
+                drop(Object::take(obj));
+            }
+        }
+    }
 }
 
 impl Db {
@@ -108,7 +189,102 @@ impl Db {
             deadline,
             acquire_timeouts: AtomicU64::new(0),
             tasks,
+            readers: (0..shared_readers(policies.db.pool_size))
+                .map(|_| std::sync::Mutex::new(None))
+                .collect(),
+            next_reader: AtomicU64::new(0),
         })
+    }
+
+    /// Closes the pool, and lets go of the shared readers' connections.
+    pub(crate) fn close(&self) {
+        self.pool.close();
+        for slot in &self.readers {
+            slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+    }
+
+    /// Runs a read that needs no transaction (`body` sends its statements on
+    /// a connection other reads may be using at the same moment), within the
+    /// client-side deadline.
+    ///
+    /// The driver pipelines concurrent statements on one connection: each is
+    /// sent without waiting for the ones before it to answer, and the server
+    /// takes several from one read of its socket instead of waking once per
+    /// statement on a connection of its own. A read's statement is never
+    /// preceded by a check: a connection whose driver task ended (a reset, a
+    /// keepalive unanswered) is replaced on the next read, and one whose
+    /// deadline passed is cancelled and closed for every read on it (they
+    /// waited on the same silent server). A read dropped by its caller needs
+    /// nothing: the driver reads and discards its answer. With a pool smaller
+    /// than eight, reads take a connection of their own, as writes do.
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, what: &'static str, body: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&Object) -> Result<T, StoreError>,
+    {
+        if self.readers.is_empty() {
+            return self.run(what, async |c| body(&*c).await).await;
+        }
+        let mut reading = Reading { db: self, shared: self.reader().await?, finished: false };
+        let outcome = tokio::time::timeout(self.deadline, body(reading.shared.client())).await;
+        match outcome {
+            Ok(result) => {
+                reading.finished = true;
+                if result.is_err() && reading.shared.client().is_closed() {
+                    self.evict(&reading.shared);
+                }
+                result
+            }
+            // `reading` drops unfinished: out of use, cancelled if last.
+            Err(_) => {
+                Err(StoreError::Timeout { what: format!("{what}: no answer within {:?}", self.deadline) })
+            }
+        }
+    }
+
+    /// A shared reader's connection: the next slot's, or a new one from the
+    /// pool (within the acquire bounds) when the slot is empty or broken.
+    async fn reader(self: &Arc<Self>) -> Result<Arc<Shared>, StoreError> {
+        let i = (self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len() as u64) as usize;
+        let slot = &self.readers[i];
+        let current = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(|s| s.usable()).cloned();
+        if let Some(shared) = current {
+            shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            return Ok(shared);
+        }
+        let mut conn = self.acquire().await?;
+        conn.clean = true;
+        let obj = conn.obj.take().expect("a fresh connection");
+        let shared = Arc::new(Shared {
+            obj: Some(obj),
+            cancel: conn.cancel.clone(),
+            broken: Default::default(),
+            in_flight: Default::default(),
+        });
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        // Another read may have filled the slot meanwhile: then its
+        // connection is used, and this one goes back to the pool.
+        let chosen = match guard.as_ref().filter(|s| s.usable()) {
+            Some(other) => other.clone(),
+            None => {
+                *guard = Some(shared.clone());
+                shared
+            }
+        };
+        chosen.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(chosen)
+    }
+
+    /// Takes a broken shared connection out of its slot; it closes when the
+    /// last read on it ends.
+    fn evict(&self, shared: &Arc<Shared>) {
+        shared.broken.store(true, Ordering::Release);
+        for slot in &self.readers {
+            let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, shared)) {
+                guard.take();
+            }
+        }
     }
 
     /// A connection from the pool, within the acquire timeout (plus the

@@ -13,7 +13,9 @@
 //! call's body runs under a client-side deadline a little longer than the
 //! statement timeout; when it passes, or when the caller drops the future, the
 //! server is asked to cancel the query and the connection is discarded, never
-//! returned to the pool.
+//! returned to the pool. Reads outside a transaction share a few pipelined
+//! connections instead (`db::Db::read`): one given up on takes its
+//! connection out of use, and is cancelled once no other read is on it.
 //!
 //! Credits (CONTRACT §1.2): the schema enforces non-negative balances,
 //! `credited = available + held + captured` on every account row, one
@@ -25,7 +27,8 @@
 //! Durable work (CONTRACT §1.3): claims use `FOR UPDATE SKIP LOCKED`, leases
 //! are renewed for all of an instance's generations by one statement, every
 //! worker write is fenced by `(id, attempt, lease_owner)`, and changes are
-//! announced with `NOTIFY` on one channel that every store listens on.
+//! announced with `NOTIFY` on one channel that every store listens on, once
+//! the transaction that made them has committed.
 //!
 //! Generation and area state changes are the domain's own
 //! ([`terrace_domain::Area::complete`], [`terrace_domain::Generation::settle`],
@@ -72,7 +75,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.cancel();
-        self.db.pool.close();
+        self.db.close();
     }
 }
 
@@ -112,7 +115,7 @@ impl PgStore {
     /// made afterwards fail with [`StoreError::Unavailable`].
     pub async fn close(&self) {
         self.inner.stop.cancel();
-        self.inner.db.pool.close();
+        self.inner.db.close();
         self.inner.tasks.close();
         if tokio::time::timeout(CLOSE_BOUND, self.inner.tasks.wait()).await.is_err() {
             tracing::warn!("the store's tasks did not stop within {CLOSE_BOUND:?}");

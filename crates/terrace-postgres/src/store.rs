@@ -531,7 +531,7 @@ impl GenerationStore for PgStore {
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {
-        self.db().run("get", async |c| load_one(&*c, id, false).await).await
+        self.db().read("get", async |c| load_one(c, id, false).await).await
     }
 
     async fn list(&self, user: UserId, query: ListQuery) -> Result<Page<Generation>, StoreError> {
@@ -539,7 +539,7 @@ impl GenerationStore for PgStore {
         let limit = query.limit;
         let status = query.status.map(GenerationStatus::as_str);
         self.db()
-            .run("list", async |c| {
+            .read("list", async |c| {
                 let rows = c
                     .query_cached(
                         "SELECT id FROM generations WHERE user_id = $1 AND seq < $2 \
@@ -549,7 +549,7 @@ impl GenerationStore for PgStore {
                     .await
                     .map_err(map_err)?;
                 let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-                let items = load(&*c, &ids, false).await?;
+                let items = load(c, &ids, false).await?;
                 let (items, next_cursor) = rules::page(items, limit, |(_, seq)| *seq);
                 Ok(Page { items: items.into_iter().map(|(g, _)| g).collect(), next_cursor })
             })
