@@ -23,6 +23,7 @@ mod wire;
 pub use auth::{ADMIN_ROLE, Caller, DEFAULT_AUDIENCE, Jwt};
 pub use edge::REQUEST_ID_HEADER;
 pub use problem::{FieldError, Problem};
+pub use routes::parse_body;
 pub use server::{Drained, ServeOptions, serve};
 pub use terrace_metrics::{GENERATION_BUCKETS, Metrics, UPSTREAM_BUCKETS};
 pub use terrace_web::WebConfig;

@@ -182,8 +182,12 @@ fn wire_words(message: &str) -> String {
     out.join(" ")
 }
 
-/// Exactly one JSON value (trailing whitespace allowed), as `T`.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+/// A request body as the API reads it: exactly one JSON value (trailing
+/// whitespace allowed), as `T`; otherwise the one field it got wrong, named
+/// by its path (`areas[1].style`, or `body`), in the words of the wire (JSON's
+/// types, never the Rust types behind them). Public so that the fuzzer
+/// drives this very parser.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
@@ -197,15 +201,17 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             (true, None) => "body".to_owned(),
             (false, None) => path,
         };
-        Problem::validation(vec![FieldError { field, message }])
+        FieldError { field, message }
     })?;
-    de.end().map_err(|_| {
-        Problem::validation(vec![FieldError {
-            field: "body".into(),
-            message: "must be exactly one JSON value; more follows it".into(),
-        }])
+    de.end().map_err(|_| FieldError {
+        field: "body".into(),
+        message: "must be exactly one JSON value; more follows it".into(),
     })?;
     Ok(value)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    parse_body(bytes).map_err(|e| Problem::validation(vec![e]))
 }
 
 pub(crate) async fn json_body<T: DeserializeOwned>(
