@@ -81,7 +81,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let o = Options::parse(args)?;
     let bin = cluster::build()?;
     std::fs::create_dir_all(&o.out)?;
-    let pg = TestPostgres::start()?;
+    // pg_stat_statements: the report says which statements took Postgres's time.
+    let pg = TestPostgres::start_with_settings(false, "-c shared_preload_libraries=pg_stat_statements")?;
     let sim = cluster::simulator(&bin, &o.out)?;
     let max_running = o.generations.clamp(32, 10_000).to_string();
     // Images go to files, as they go to object storage in production: the
@@ -111,7 +112,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let server = cluster::server(&bin, &o.out, "terrace", &env)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut server = server;
-    let mut report = rt.block_on(drive(&o, &sim, &server, pg.postmaster_pid()?))?;
+    let mut report = rt.block_on(drive(&o, &sim, &server, &pg))?;
     report["cpu_seconds"] = json!({
         "terrace": cpu_seconds(&["-p", &server.pid().to_string()]),
         "simulator": cpu_seconds(&["-p", &sim.pid().to_string()]),
@@ -129,7 +130,8 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn drive(o: &Options, sim: &Proc, server: &Proc, postmaster: u32) -> Result<serde_json::Value> {
+async fn drive(o: &Options, sim: &Proc, server: &Proc, pg: &TestPostgres) -> Result<serde_json::Value> {
+    let postmaster = pg.postmaster_pid()?;
     let http = reqwest::Client::new();
     let script = json!({"endpoint": "gemini", "behaviour": {"kind": "latency", "delay_ms": o.latency.as_millis() as u64}, "default": true});
     let r = http.post(format!("{}/_sim/script", sim.url())).body(script.to_string()).send().await?;
@@ -156,6 +158,9 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, postmaster: u32) -> Resul
 
     // CPU from here to the last generation's end: what the generations cost
     // (creates, their work, the status reads that follow them), not the setup.
+    let statements = cluster::sql(pg, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .and_then(|_| cluster::sql(pg, "SELECT pg_stat_statements_reset()"))
+        .is_ok();
     let (postgres_t0, server_t0) =
         (crate::bench::postgres_ticks(postmaster), crate::bench::ticks_of(server.pid()));
     let seen = Arc::new(Observed::default());
@@ -279,6 +284,26 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, postmaster: u32) -> Resul
     let tick = crate::bench::clk_tck();
     let postgres_cpu = crate::bench::postgres_ticks(postmaster).saturating_sub(postgres_t0) as f64 / tick;
     let server_cpu = crate::bench::ticks_of(server.pid()).saturating_sub(server_t0) as f64 / tick;
+    // The statements that took the most of Postgres's time, per generation.
+    let top = if statements {
+        cluster::sql(
+            pg,
+            "SELECT round((total_exec_time / calls)::numeric, 3) || '|' || calls || '|' \
+             || round(total_exec_time::numeric) || '|' || regexp_replace(left(query, 120), '\\s+', ' ', 'g') \
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15",
+        )
+        .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let top: Vec<serde_json::Value> = top
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(4, '|');
+            Some(json!({"mean_ms": f.next()?.parse::<f64>().ok()?, "calls": f.next()?.parse::<u64>().ok()?,
+                        "total_ms": f.next()?.parse::<f64>().ok()?, "query": f.next()?}))
+        })
+        .collect();
 
     // Tasks still running at the end (must be 0).
     let page = http.get(format!("{base}/metrics")).send().await?.text().await?;
@@ -309,6 +334,7 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, postmaster: u32) -> Resul
         "run_cpu_seconds": {"postgres": postgres_cpu, "terrace": server_cpu},
         "postgres_ms_per_generation": 1000.0 * postgres_cpu / created_ok.max(1) as f64,
         "terrace_ms_per_generation": 1000.0 * server_cpu / created_ok.max(1) as f64,
+        "top_statements": top,
         "tasks_active_at_end": tasks_active_at_end,
         "create_phase_seconds": create_phase.as_secs_f64(),
         "total_seconds": total_time.as_secs_f64(),
@@ -394,6 +420,23 @@ fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck
         total = report["total_seconds"].as_f64().unwrap_or(0.0),
         cpu = report["cpu_seconds"],
     );
+    let mut md = md;
+    if let Some(top) = report["top_statements"].as_array().filter(|t| !t.is_empty()) {
+        let per = report["created"].as_f64().unwrap_or(1.0).max(1.0);
+        md.push_str(
+            "\nStatements by Postgres time (pg_stat_statements, execution only):\n\n\
+             | calls per generation | mean ms | total s | query |\n|---|---|---|---|\n",
+        );
+        for t in top {
+            md.push_str(&format!(
+                "| {:.2} | {:.3} | {:.1} | `{}` |\n",
+                t["calls"].as_f64().unwrap_or(0.0) / per,
+                t["mean_ms"].as_f64().unwrap_or(0.0),
+                t["total_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                t["query"].as_str().unwrap_or("").replace('|', "\\|"),
+            ));
+        }
+    }
     std::fs::write(o.out.join("report.md"), &md)?;
     println!("{md}");
     Ok(())

@@ -54,6 +54,12 @@ impl TestPostgres {
     /// production, so that a crash loses nothing that was acknowledged (the
     /// chaos run restarts the server).
     pub fn start_with(durable: bool) -> Result<Self> {
+        Self::start_with_settings(durable, "")
+    }
+
+    /// As [`TestPostgres::start_with`], with more server settings
+    /// (`-c name=value …`).
+    pub fn start_with_settings(durable: bool, settings: &str) -> Result<Self> {
         let initdb = find_tool("initdb")?;
         let pg_ctl = find_tool("pg_ctl")?;
         let dir = std::env::temp_dir().join(format!("terrace-pg-{}-{}", std::process::id(), free_port()?));
@@ -68,7 +74,7 @@ impl TestPostgres {
             .context("initdb")?;
         let opts = format!(
             "-k {} -c listen_addresses=127.0.0.1 -p {} -c max_connections=400 -c fsync=off \
-             -c synchronous_commit={} -c full_page_writes=off -c shared_buffers=256MB",
+             -c synchronous_commit={} -c full_page_writes=off -c shared_buffers=256MB {settings}",
             path(&dir),
             pg.port,
             if durable { "on" } else { "off" },
