@@ -153,10 +153,17 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
 
 /// Says a serde message in the words of the wire: JSON's types, never the
 /// Rust types behind them (`expected struct GrantRequest`, `expected i64`).
+/// Written into one string: the message quotes what the body sent (an
+/// unknown key of many words), so a string per word would cost the body's
+/// size many times over.
 fn wire_words(message: &str) -> String {
-    let mut out = Vec::new();
+    let mut out = String::with_capacity(message.len() + 16);
     let mut words = message.split(' ').peekable();
+    let mut first = true;
     while let Some(w) = words.next() {
+        if !std::mem::take(&mut first) {
+            out.push(' ');
+        }
         let (core, tail) = match w.find(|c: char| !c.is_ascii_alphanumeric()) {
             Some(i) => w.split_at(i),
             None => (w, ""),
@@ -165,8 +172,8 @@ fn wire_words(message: &str) -> String {
             "struct" if words.peek().is_some() => {
                 // `struct Name` (and `struct Name with 2 elements`).
                 let name = words.next().unwrap_or_default();
-                let rest = &name[name.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(name.len())..];
-                out.push(format!("an object{rest}"));
+                out.push_str("an object");
+                out.push_str(&name[name.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(name.len())..]);
                 continue;
             }
             "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
@@ -177,9 +184,10 @@ fn wire_words(message: &str) -> String {
             "unit" => "null",
             _ => core,
         };
-        out.push(format!("{said}{tail}"));
+        out.push_str(said);
+        out.push_str(tail);
     }
-    out.join(" ")
+    out
 }
 
 /// A request body as the API reads it: exactly one JSON value (trailing
@@ -536,4 +544,50 @@ pub async fn method_not_allowed() -> Problem {
         "method_not_allowed",
         "this route does not answer that method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_words_become_the_wires() {
+        for (serde, wire) in [
+            (
+                "invalid type: string \"x\", expected struct GrantRequest",
+                "invalid type: string \"x\", expected an object",
+            ),
+            (
+                "invalid length 2, expected struct Pair with 3 elements",
+                "invalid length 2, expected an object with 3 elements",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected i64",
+                "invalid type: floating point `1.5`, expected an integer",
+            ),
+            ("invalid type: map, expected a sequence", "invalid type: object, expected a list"),
+            ("invalid type: unit value, expected f64", "invalid type: null value, expected a number"),
+            // Spaces are kept as they were, even doubled or leading.
+            (" unknown field `a  b`,  expected `x`", " unknown field `a  b`,  expected `x`"),
+            ("", ""),
+        ] {
+            assert_eq!(wire_words(serde), wire, "{serde:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_body_names_its_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            amount: i64,
+        }
+        let e = parse_body::<Body>(br#"{"amount": "ten"}"#).unwrap_err();
+        assert_eq!(e.field, "amount");
+        assert!(e.message.contains("expected an integer"), "{}", e.message);
+        assert_eq!(parse_body::<Body>(b"{}").unwrap_err().field, "amount");
+        assert_eq!(parse_body::<Body>(br#"{"amount": 1} {}"#).unwrap_err().field, "body");
+        assert_eq!(parse_body::<Body>(br#"{"amount": 1}"#).unwrap().amount, 1);
+    }
 }
