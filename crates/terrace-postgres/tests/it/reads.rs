@@ -35,13 +35,29 @@ async fn one_generation(store: &terrace_postgres::PgStore) -> GenerationId {
     }
 }
 
+/// Policies with a pool of eight (one connection set aside for reads) and
+/// server-side timeouts long enough that only the client gives up.
+fn shared_reads(patient_server: bool) -> terrace_domain::Policies {
+    let mut p = policies();
+    p.db.pool_size = 8;
+    if patient_server {
+        p.db.statement_timeout = Duration::from_secs(8);
+        p.db.lock_timeout = Duration::from_secs(8);
+    }
+    p
+}
+
+/// A session holding `generations` locked until it rolls back.
+async fn table_locked(db: &TestDb) -> tokio_postgres::Client {
+    let locker = session(&db.url).await;
+    locker.batch_execute("BEGIN; LOCK TABLE generations IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    locker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_reads_at_once_share_one_connection() {
     let db = TestDb::create().await;
-    let mut p = policies();
-    // A pool of eight sets one connection aside for reads.
-    p.db.pool_size = 8;
-    let store = db.store(&p).await;
+    let store = db.store(&shared_reads(false)).await;
     let id = one_generation(&store).await;
     let admin = session(&db.url).await;
     let before = terrace_sessions(&admin, false).await;
@@ -59,15 +75,10 @@ async fn many_reads_at_once_share_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_given_up_on_never_cancels_another_read_on_its_connection() {
     let db = TestDb::create().await;
-    let mut p = policies();
-    p.db.pool_size = 8;
-    p.db.statement_timeout = Duration::from_secs(8);
-    p.db.lock_timeout = Duration::from_secs(8);
-    let store = db.store(&p).await;
+    let store = db.store(&shared_reads(true)).await;
     let id = one_generation(&store).await;
     let admin = session(&db.url).await;
-    let locker = session(&db.url).await;
-    locker.batch_execute("BEGIN; LOCK TABLE generations IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let locker = table_locked(&db).await;
     // The first read waits on the lock; the second is pipelined behind it.
     let patient = tokio::spawn({
         let store = store.clone();
@@ -94,14 +105,9 @@ async fn a_read_given_up_on_never_cancels_another_read_on_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_read_given_up_on_is_cancelled_on_the_server() {
     let db = TestDb::create().await;
-    let mut p = policies();
-    p.db.pool_size = 8;
-    p.db.statement_timeout = Duration::from_secs(8);
-    p.db.lock_timeout = Duration::from_secs(8);
-    let store = db.store(&p).await;
+    let store = db.store(&shared_reads(true)).await;
     let admin = session(&db.url).await;
-    let locker = session(&db.url).await;
-    locker.batch_execute("BEGIN; LOCK TABLE generations IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let locker = table_locked(&db).await;
     let gave_up =
         tokio::time::timeout(Duration::from_millis(300), store.get(GenerationId::new_random())).await;
     assert!(gave_up.is_err());
@@ -120,9 +126,7 @@ async fn the_last_read_given_up_on_is_cancelled_on_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_connection_killed_by_the_server_is_replaced() {
     let db = TestDb::create().await;
-    let mut p = policies();
-    p.db.pool_size = 8;
-    let store = db.store(&p).await;
+    let store = db.store(&shared_reads(false)).await;
     let id = one_generation(&store).await;
     assert!(store.get(id).await.unwrap().is_some());
     let admin = session(&db.url).await;
