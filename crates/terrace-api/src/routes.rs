@@ -577,17 +577,18 @@ mod tests {
 
     #[test]
     fn a_refused_body_names_its_field() {
-        #[derive(Debug, serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
-        struct Body {
-            amount: i64,
-        }
-        let e = parse_body::<Body>(br#"{"amount": "ten"}"#).unwrap_err();
+        use terrace_wire::GrantRequest;
+        let e = parse_body::<GrantRequest>(br#"{"user_id": "u", "amount": "ten", "reference": "r"}"#)
+            .unwrap_err();
         assert_eq!(e.field, "amount");
         assert!(e.message.contains("expected an integer"), "{}", e.message);
-        assert_eq!(parse_body::<Body>(b"{}").unwrap_err().field, "amount");
-        assert_eq!(parse_body::<Body>(br#"{"amount": 1} {}"#).unwrap_err().field, "body");
-        assert_eq!(parse_body::<Body>(br#"{"amount": 1}"#).unwrap().amount, 1);
+        assert_eq!(
+            parse_body::<GrantRequest>(br#"{"amount": 1, "reference": "r"}"#).unwrap_err().field,
+            "user_id"
+        );
+        let trailing = br#"{"user_id": "u", "amount": 1, "reference": "r"} {}"#;
+        assert_eq!(parse_body::<GrantRequest>(trailing).unwrap_err().field, "body");
+        let ok = parse_body::<GrantRequest>(br#"{"user_id": "u", "amount": 1, "reference": "r"}"#).unwrap();
+        assert_eq!(ok.amount, 1);
     }
 }
