@@ -102,19 +102,7 @@ impl Drop for Reading<'_> {
         }
         let left = self.shared.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         if left == 0 && self.shared.broken.load(Ordering::Acquire) && !self.finished {
-            let (cancel, bound) = (self.shared.cancel.clone(), self.db.policy.connect_timeout);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                self.db.tasks.spawn_on(
-                    async move {
-                        match tokio::time::timeout(bound, cancel.cancel_query(NoTls)).await {
-                            Ok(Ok(())) => tracing::debug!("cancelled an abandoned read"),
-                            Ok(Err(e)) => tracing::warn!(error = %e, "cancelling an abandoned read failed"),
-                            Err(_) => tracing::warn!("cancelling an abandoned read timed out"),
-                        }
-                    },
-                    &rt,
-                );
-            }
+            self.db.cancel_later(self.shared.cancel.clone());
         }
     }
 }
@@ -196,6 +184,24 @@ impl Db {
         })
     }
 
+    /// Asks the server, in a tracked task bounded by the connect timeout, to
+    /// stop whatever it still runs for a connection given up on (best
+    /// effort: the connection is closed either way).
+    fn cancel_later(&self, cancel: CancelToken) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let bound = self.policy.connect_timeout;
+        self.tasks.spawn_on(
+            async move {
+                match tokio::time::timeout(bound, cancel.cancel_query(NoTls)).await {
+                    Ok(Ok(())) => tracing::debug!("cancelled a query given up on"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cancelling a query given up on failed"),
+                    Err(_) => tracing::warn!("cancelling a query given up on timed out"),
+                }
+            },
+            &rt,
+        );
+    }
+
     /// Closes the pool, and lets go of the shared readers' connections.
     pub(crate) fn close(&self) {
         self.pool.close();
@@ -213,11 +219,12 @@ impl Db {
     /// takes several from one read of its socket instead of waking once per
     /// statement on a connection of its own. A read's statement is never
     /// preceded by a check: a connection whose driver task ended (a reset, a
-    /// keepalive unanswered) is replaced on the next read, and one whose
-    /// deadline passed is cancelled and closed for every read on it (they
-    /// waited on the same silent server). A read dropped by its caller needs
-    /// nothing: the driver reads and discards its answer. With a pool smaller
-    /// than eight, reads take a connection of their own, as writes do.
+    /// keepalive unanswered) is replaced on the next read. A read given up
+    /// on (its deadline passed, or its caller dropped it) takes its
+    /// connection out of use and, if no other read is still on it, has the
+    /// server cancel what runs there ([`Reading`]); the connection closes
+    /// when its last read ends. With a pool smaller than eight, reads take a
+    /// connection of their own, as writes do.
     pub(crate) async fn read<T, F>(self: &Arc<Self>, what: &'static str, body: F) -> Result<T, StoreError>
     where
         F: AsyncFnOnce(&Object) -> Result<T, StoreError>,
@@ -378,24 +385,7 @@ impl Drop for Conn {
         let Some(obj) = self.obj.take() else { return };
         // Out of the pool for good: dropping the wrapper closes the socket.
         drop(Object::take(obj));
-        let cancel = self.cancel.clone();
-        let bound = self.db.policy.connect_timeout;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // Best effort and bounded: stop whatever the server still runs
-            // for the connection we gave up on.
-            self.db.tasks.spawn_on(
-                async move {
-                    match tokio::time::timeout(bound, cancel.cancel_query(NoTls)).await {
-                        Ok(Ok(())) => tracing::debug!("cancelled a query past its deadline"),
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "cancelling a query past its deadline failed")
-                        }
-                        Err(_) => tracing::warn!("cancelling a query past its deadline timed out"),
-                    }
-                },
-                &rt,
-            );
-        }
+        self.db.cancel_later(self.cancel.clone());
     }
 }
 
