@@ -586,8 +586,7 @@ impl BenchPostgres {
     }
 
     fn postmaster_pid(&self) -> Result<u32> {
-        let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).context("postmaster.pid")?;
-        text.lines().next().and_then(|l| l.trim().parse().ok()).context("postmaster.pid has no pid")
+        crate::postgres::postmaster_pid(&self.dir.join("data"))
     }
 
     /// One query with psql; its output (unaligned, tuples only).

@@ -92,9 +92,7 @@ impl TestPostgres {
 
     /// The postmaster's process id (every server process is its child).
     pub fn postmaster_pid(&self) -> Result<u32> {
-        let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
-            .context("reading postmaster.pid")?;
-        text.lines().next().and_then(|l| l.trim().parse().ok()).context("postmaster.pid has no pid")
+        postmaster_pid(&self.dir.join("data"))
     }
 
     /// Restarts the server at once (`-m immediate`: in-flight sessions are
@@ -149,4 +147,11 @@ fn run(c: &mut Command) -> Result<()> {
         bail!("{:?} failed ({status})", c.get_program());
     }
     Ok(())
+}
+
+/// The process id of the postmaster of the data directory `data`, from its
+/// `postmaster.pid`.
+pub fn postmaster_pid(data: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).context("reading postmaster.pid")?;
+    text.lines().next().and_then(|l| l.trim().parse().ok()).context("postmaster.pid has no pid")
 }
