@@ -74,30 +74,45 @@ impl Lanes {
     }
 
     /// A place on the first lane with room, on a new lane when all are full.
+    /// The new lane's client is built without the lock held (building one
+    /// sets up TLS), so other requests are not held up meanwhile; the lanes
+    /// are looked at again afterwards, and a client made for nothing (a
+    /// place came free, or another request added a lane) is dropped.
     pub(crate) fn acquire(&self) -> LaneGuard {
+        if let Some(guard) = self.place(&self.lock()) {
+            return guard;
+        }
+        let made = (self.make)();
         let mut lanes = self.lock();
-        // Places are only taken under the lock (and freed without it), so a
-        // lane seen with room still has it when its count goes up.
-        let lane = match lanes.iter().find(|l| l.in_flight.load(Ordering::Relaxed) < self.limit) {
-            Some(lane) => Arc::clone(lane),
-            None => match (self.make)() {
-                Ok(http) => {
-                    let lane = Arc::new(Lane { http, in_flight: AtomicUsize::new(0) });
-                    lanes.push(Arc::clone(&lane));
-                    tracing::debug!(lanes = lanes.len(), "google: every connection is full, opened a lane");
-                    lane
-                }
-                Err(e) => {
-                    // The first lane was made with the same settings, so this
-                    // should not happen; the least busy lane queues the request.
-                    tracing::warn!(error = %crate::error::describe(e), "google: could not open a lane");
-                    let least = lanes.iter().min_by_key(|l| l.in_flight.load(Ordering::Relaxed));
-                    Arc::clone(least.unwrap_or(&lanes[0]))
-                }
-            },
+        if let Some(guard) = self.place(&lanes) {
+            return guard;
+        }
+        let lane = match made {
+            Ok(http) => {
+                let lane = Arc::new(Lane { http, in_flight: AtomicUsize::new(0) });
+                lanes.push(Arc::clone(&lane));
+                tracing::debug!(lanes = lanes.len(), "google: every connection is full, opened a lane");
+                lane
+            }
+            Err(e) => {
+                // The first lane was made with the same settings, so this
+                // should not happen; the least busy lane queues the request.
+                tracing::warn!(error = %crate::error::describe(e), "google: could not open a lane");
+                let least = lanes.iter().min_by_key(|l| l.in_flight.load(Ordering::Relaxed));
+                Arc::clone(least.expect("there is always the first lane"))
+            }
         };
         lane.in_flight.fetch_add(1, Ordering::Relaxed);
         LaneGuard { lane }
+    }
+
+    /// A place on the first of `lanes` with room. Places are only taken
+    /// under the lock (and freed without it), so a lane seen with room
+    /// still has it when its count goes up.
+    fn place(&self, lanes: &[Arc<Lane>]) -> Option<LaneGuard> {
+        let lane = lanes.iter().find(|l| l.in_flight.load(Ordering::Relaxed) < self.limit)?;
+        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(LaneGuard { lane: Arc::clone(lane) })
     }
 
     /// How many lanes were made.
