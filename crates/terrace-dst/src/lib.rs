@@ -79,14 +79,6 @@ pub struct Summary {
     pub stats: Stats,
 }
 
-impl PartialEq for Stats {
-    fn eq(&self, o: &Self) -> bool {
-        (self.store_calls, self.store_faults, self.upstream_calls, self.upstream_faults, self.blob_faults)
-            == (o.store_calls, o.store_faults, o.upstream_calls, o.upstream_faults, o.blob_faults)
-    }
-}
-impl Eq for Stats {}
-
 /// One seed's run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeedReport {

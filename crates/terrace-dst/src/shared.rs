@@ -91,7 +91,7 @@ pub struct Violation {
 }
 
 /// Counts for the summary.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub store_calls: u64,
     pub store_faults: u64,

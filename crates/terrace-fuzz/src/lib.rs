@@ -330,7 +330,7 @@ pub fn fuzz(target: &Target, opts: &Options) -> Report {
     };
 
     // The corpus first, as it is.
-    for (i, entry) in corpus.clone().iter().enumerate() {
+    for (i, entry) in corpus.iter().enumerate() {
         if let Some(o) = run_one(entry, exec, &mut report) {
             let e = seen.entry(o).or_insert((i, false));
             if corpus[e.0].len() > entry.len() {
