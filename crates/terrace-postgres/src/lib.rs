@@ -39,6 +39,7 @@ mod db;
 mod ledger;
 mod listen;
 mod migrate;
+mod pipeline;
 mod rows;
 mod sql;
 mod store;

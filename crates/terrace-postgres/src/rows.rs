@@ -2,6 +2,7 @@
 //! was written; one that no longer parses is reported as an internal error.
 
 use crate::db::map_err;
+use crate::pipeline::{Batch, p};
 use crate::sql::Sql;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -60,17 +61,17 @@ macro_rules! load_sql {
          WHERE ", $which, " ORDER BY g.id, a.position")
     };
 }
-const LOAD: &str = load_sql!("g.id = ANY($1)");
+pub(crate) const LOAD: &str = load_sql!("g.id = ANY($1)");
 /// One generation: an equality, so that the server settles on one generic
 /// plan for the prepared statement instead of planning it at every call (as
 /// it does for `= ANY($1)`, whose array it cannot size in advance).
-const LOAD_ONE: &str = load_sql!("g.id = $1");
+pub(crate) const LOAD_ONE: &str = load_sql!("g.id = $1");
 /// Locks the generations' rows, in one order. Their areas are written only
 /// under that lock (every write locks its generation first), so theirs need
 /// none; and the read that follows is a statement of its own, so that it
 /// sees what a transaction that held the lock before committed (a locking
 /// join would re-check the generation's row but not the areas').
-const LOCK: &str = "SELECT 1 FROM generations WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+pub(crate) const LOCK: &str = "SELECT 1 FROM generations WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 /// Where an area's columns start in a [`LOAD`] row.
 const AREA_AT: usize = 17;
 
@@ -147,8 +148,14 @@ pub(crate) async fn load(
         c.query_cached(LOCK, &[&ids]).await.map_err(map_err)?;
     }
     let rows = c.query_cached(LOAD, &[&ids]).await.map_err(map_err)?;
+    loaded(ids, &rows)
+}
+
+/// The generations of a [`LOAD`]'s rows, in the order of `ids`, skipping
+/// ids that do not exist.
+pub(crate) fn loaded(ids: &[Uuid], rows: &[Row]) -> Result<Vec<(Generation, i64)>, StoreError> {
     let mut by_id: HashMap<Uuid, (Generation, i64)> = HashMap::with_capacity(ids.len());
-    for row in &rows {
+    for row in rows {
         let id: Uuid = row.get(0);
         let entry = match by_id.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -176,9 +183,14 @@ pub(crate) async fn load_one(
         c.query_cached(LOCK, &[&[id.0].as_slice()]).await.map_err(map_err)?;
     }
     let rows = c.query_cached(LOAD_ONE, &[&id.0]).await.map_err(map_err)?;
+    loaded_one(&rows)
+}
+
+/// The generation of a [`LOAD_ONE`]'s rows, if it exists.
+pub(crate) fn loaded_one(rows: &[Row]) -> Result<Option<Generation>, StoreError> {
     let Some(first) = rows.first() else { return Ok(None) };
     let (mut g, _) = generation_head(first)?;
-    for row in &rows {
+    for row in rows {
         add_area(&mut g, row)?;
     }
     Ok(Some(g))
@@ -227,40 +239,33 @@ pub(crate) const LEDGER_COLUMNS: &str =
     "id, user_id, kind, amount, source, generation_id, area, reference, created_at";
 
 /// Writes an area's changeable columns back.
-pub(crate) async fn write_area(c: &impl Sql, id: GenerationId, a: &Area) -> Result<(), StoreError> {
+pub(crate) fn push_area<'a>(batch: &mut Batch<'a>, id: GenerationId, a: &'a Area) {
     let (code, message) = match &a.error {
         Some(f) => (Some(f.code.as_str()), Some(f.message.as_str())),
         None => (None, None),
     };
-    c.execute_cached(
+    batch.push(
         "UPDATE generation_areas SET status = $3, stage = $4, progress = $5, image_key = $6, \
          error_code = $7, error_message = $8, completed_at = $9, hold_state = $10 \
          WHERE generation_id = $1 AND area = $2",
-        &[
-            &id.0,
-            &a.kind().as_str(),
-            &a.status.as_str(),
-            &a.stage.as_str(),
-            &i16::from(a.progress),
-            &a.image_key,
-            &code,
-            &message,
-            &a.completed_at,
-            &hold_str(a.hold),
+        vec![
+            p(id.0),
+            p(a.kind().as_str()),
+            p(a.status.as_str()),
+            p(a.stage.as_str()),
+            p(i16::from(a.progress)),
+            p(&a.image_key),
+            p(code),
+            p(message),
+            p(a.completed_at),
+            p(hold_str(a.hold)),
         ],
-    )
-    .await
-    .map_err(map_err)?;
-    Ok(())
+    );
 }
 
 /// Writes a generation's changeable columns back (not its areas), and its
 /// lease: `None` ends it.
-pub(crate) async fn write_generation(
-    c: &impl Sql,
-    g: &Generation,
-    keep_lease: bool,
-) -> Result<(), StoreError> {
+pub(crate) fn push_generation<'a>(batch: &mut Batch<'a>, g: &'a Generation, keep_lease: bool) {
     let (code, message) = match &g.error {
         Some(f) => (Some(f.code.as_str()), Some(f.message.as_str())),
         None => (None, None),
@@ -272,11 +277,8 @@ pub(crate) async fn write_generation(
         "UPDATE generations SET status = $2, error_code = $3, error_message = $4, completed_at = $5, \
          cancel_requested = $6, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1"
     };
-    c.execute_cached(
+    batch.push(
         sql,
-        &[&g.id.0, &g.status.as_str(), &code, &message, &g.completed_at, &g.cancel_requested],
-    )
-    .await
-    .map_err(map_err)?;
-    Ok(())
+        vec![p(g.id.0), p(g.status.as_str()), p(code), p(message), p(g.completed_at), p(g.cancel_requested)],
+    );
 }

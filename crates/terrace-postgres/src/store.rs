@@ -3,7 +3,11 @@
 use crate::PgStore;
 use crate::db::{is_lock_refused, map_err};
 use crate::listen::{CHANNEL, payload};
-use crate::rows::{self, account_columns, corrupt, load, load_one, write_area, write_generation};
+use crate::pipeline::{Answer, Batch, Tx, all_ok, p, send, transaction};
+use crate::rows::{
+    self, LOAD, LOAD_ONE, LOCK, account_columns, corrupt, loaded, loaded_one, push_area, push_generation,
+};
+use crate::rows::{load, load_one};
 use crate::sql::Sql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -25,8 +29,10 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Announces `notes` once the transaction that made them has committed, in
-/// a statement of its own on the same connection.
+/// The statement that announces `notes` once the transaction that made them
+/// has committed: sent right after the `COMMIT`, in the same round trip
+/// ([`Tx::commit_with`]), and run by the server after the commit, as a
+/// statement of its own.
 ///
 /// Never inside the transaction: a transaction that notifies holds
 /// Postgres's one notification lock from its commit's start until the
@@ -36,26 +42,37 @@ fn secs(d: Duration) -> f64 {
 /// wait for the disk. A notification is a hint — workers also claim every
 /// sweep interval, heartbeats carry cancellations, event streams re-read on
 /// a timer — so one lost with a crash between the two only delays; a
-/// failure here is logged, not returned (what it announces is committed).
-async fn announce(c: &impl Sql, notes: &[Notification]) {
+/// failure is logged, not returned (what it announces is committed). (If the
+/// transaction's last write failed, its `COMMIT` rolled back and the
+/// announcement is of nothing: listeners re-read and find no change.)
+fn announcement(notes: &[Notification]) -> Batch<'static> {
     if notes.is_empty() {
-        return;
+        return Batch::new();
     }
     let payloads: Vec<String> = notes.iter().map(payload).collect();
-    if let Err(e) =
-        c.execute_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&CHANNEL, &payloads]).await
-    {
+    Batch::of("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", vec![p(CHANNEL), p(payloads)])
+}
+
+/// Logs an announcement that failed ([`announcement`]).
+fn announced(answers: Vec<Answer>) {
+    if let Err(e) = all_ok(answers) {
         tracing::warn!(error = %map_err(e), "announcing committed changes failed; listeners will poll");
     }
 }
 
-fn changed(ids: &[Uuid]) -> Vec<Notification> {
-    ids.iter().map(|id| Notification::Changed(GenerationId(*id))).collect()
+/// Commits `tx` with `last`, announcing `notes`, in one round trip: `last`'s rows.
+async fn commit_announcing<C: Sql>(
+    tx: &mut Tx<'_, C>,
+    last: &Batch<'_>,
+    notes: &[Notification],
+) -> Result<Vec<Vec<tokio_postgres::Row>>, StoreError> {
+    let (rows, after) = tx.commit_with(last, &announcement(notes)).await.map_err(map_err)?;
+    announced(after);
+    Ok(rows)
 }
 
-pub(crate) async fn now(c: &impl Sql) -> Result<DateTime<Utc>, StoreError> {
-    let row = c.query_one_cached("SELECT now()", &[]).await.map_err(map_err)?;
-    Ok(row.get(0))
+fn changed(ids: &[Uuid]) -> Vec<Notification> {
+    ids.iter().map(|id| Notification::Changed(GenerationId(*id))).collect()
 }
 
 /// Opens the account if it does not exist, with its trial credits and their
@@ -84,6 +101,11 @@ pub(crate) async fn open_account(c: &impl Sql, user: UserId, trial: u64) -> Resu
 /// statement are pipelined, one wait for both: the driver sends requests in
 /// the order their futures are first polled, and `join!` polls the
 /// `SET LOCAL` first.
+/// The statement that bounds this transaction's lock waits by `d`.
+fn lock_timeout_sql(d: Duration) -> String {
+    format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1))
+}
+
 async fn under_lock_policy<T>(
     c: &impl Sql,
     policy: LockPolicy,
@@ -92,7 +114,7 @@ async fn under_lock_policy<T>(
     match policy {
         LockPolicy::NoWait => lock(false).await,
         LockPolicy::Timeout(d) => {
-            let set = format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1));
+            let set = lock_timeout_sql(d);
             let (set, locked) =
                 futures::join!(tokio_postgres::GenericClient::batch_execute(c.pg(), &set), lock(true));
             set.map_err(map_err)?;
@@ -134,9 +156,13 @@ pub(crate) async fn lock_account(
 }
 
 /// Books the ledger side of every hold that `before` → `after` resolved: one
-/// entry per area, and the account's counters. Reports voids to the observer
-/// after the caller commits (returned as reasons).
-async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<Vec<Resolution>, StoreError> {
+/// entry per area, and the account's counters, added to `batch`. Reports
+/// voids to the observer after the caller commits (returned as reasons).
+fn book<'a>(
+    batch: &mut Batch<'a>,
+    before: &Generation,
+    after: &'a Generation,
+) -> Result<Vec<Resolution>, StoreError> {
     let (mut captured, mut trial, mut token) = (0i64, 0i64, 0i64);
     let resolved = rules::resolutions(before, after);
     for r in &resolved {
@@ -152,62 +178,63 @@ async fn book(c: &impl Sql, before: &Generation, after: &Generation) -> Result<V
             }
             "void"
         };
-        c.execute_cached(
+        batch.push(
             "INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) \
              VALUES ($1, $2, $6, $3, $4, $5)",
-            &[&after.user_id.0, &kind, &r.source.as_str(), &after.id.0, &r.area.as_str(), &amount],
-        )
-        .await
-        .map_err(map_err)?;
+            vec![
+                p(after.user_id.0),
+                p(kind),
+                p(r.source.as_str()),
+                p(after.id.0),
+                p(r.area.as_str()),
+                p(amount),
+            ],
+        );
     }
     if captured + trial + token > 0 {
-        c.execute_cached(
+        batch.push(
             "UPDATE accounts SET held = held - $2, captured = captured + $3, trial_credits = trial_credits + $4, \
              token_balance = token_balance + $5, updated_at = now() WHERE user_id = $1",
-            &[&after.user_id.0, &(captured + trial + token), &captured, &trial, &token],
-        )
-        .await
-        .map_err(map_err)?;
+            vec![p(after.user_id.0), p(captured + trial + token), p(captured), p(trial), p(token)],
+        );
     }
     Ok(resolved)
 }
 
-/// Writes what changed from `before` to `after`: areas, holds, the
-/// generation's head (ending its lease unless `keep_lease`).
-async fn save(
-    c: &impl Sql,
+/// Adds to `batch` the writes of what changed from `before` to `after`:
+/// areas, holds, the generation's head (ending its lease unless
+/// `keep_lease`).
+fn save<'a>(
+    batch: &mut Batch<'a>,
     before: &Generation,
-    after: &Generation,
+    after: &'a Generation,
     keep_lease: bool,
 ) -> Result<Vec<Resolution>, StoreError> {
     for (b, a) in before.areas.iter().zip(&after.areas) {
         if b != a {
-            write_area(c, after.id, a).await?;
+            push_area(batch, after.id, a);
         }
     }
-    let resolved = book(c, before, after).await?;
+    let resolved = book(batch, before, after)?;
     let head_changed = before.status != after.status
         || before.error != after.error
         || before.completed_at != after.completed_at
         || before.cancel_requested != after.cancel_requested;
     if head_changed || !keep_lease {
-        write_generation(c, after, keep_lease).await?;
+        push_generation(batch, after, keep_lease);
     }
     Ok(resolved)
 }
 
-/// Checks a worker's lease under the generation's row lock and returns the
+/// Takes the generation's row lock, for a worker's write.
+const FENCE: &str = "SELECT status, attempt, lease_owner, now() FROM generations WHERE id = $1 FOR UPDATE";
+
+/// Checks a worker's lease from the [`FENCE`]'s answer and returns the
 /// transaction's time: `LeaseLost` unless `lease` still holds, `Finished` if
 /// the generation is terminal.
-async fn fence(c: &impl Sql, lease: &Lease) -> Result<DateTime<Utc>, StoreError> {
-    let row = c
-        .query_opt_cached(
-            "SELECT status, attempt, lease_owner, now() FROM generations WHERE id = $1 FOR UPDATE",
-            &[&lease.generation_id.0],
-        )
-        .await
-        .map_err(map_err)?
-        .ok_or(StoreError::NotFound)?;
+fn fence(answer: Answer, lease: &Lease) -> Result<DateTime<Utc>, StoreError> {
+    let rows = answer.map_err(map_err)?;
+    let row = rows.first().ok_or(StoreError::NotFound)?;
     let status: String = row.get(0);
     let attempt: i32 = row.get(1);
     let owner: Option<String> = row.get(2);
@@ -218,10 +245,26 @@ async fn fence(c: &impl Sql, lease: &Lease) -> Result<DateTime<Utc>, StoreError>
     Ok(now)
 }
 
-/// [`fence`], then the generation itself, for a write that changes it.
-async fn fenced(c: &impl Sql, lease: &Lease) -> Result<(Generation, DateTime<Utc>), StoreError> {
-    let now = fence(c, lease).await?;
-    let g = load_one(c, lease.generation_id, false).await?.ok_or(StoreError::NotFound)?;
+/// Begins `tx` with the [`FENCE`] of `lease` (and, if `read`, the
+/// generation itself, for a write that changes it), in one round trip. The
+/// read is a statement of its own after the lock's, so it sees what the
+/// lock's last holder committed.
+async fn begin_fenced<C: Sql>(
+    tx: &mut Tx<'_, C>,
+    lease: &Lease,
+    read: bool,
+) -> Result<(Option<Generation>, DateTime<Utc>), StoreError> {
+    let id = lease.generation_id.0;
+    let mut first = Batch::of(FENCE, vec![p(id)]);
+    if read {
+        first.push(LOAD_ONE, vec![p(id)]);
+    }
+    let mut answers = tx.begin_with(&first).await.map_err(map_err)?.into_iter();
+    let now = fence(answers.next().ok_or(StoreError::NotFound)?, lease)?;
+    let g = match answers.next() {
+        Some(rows) => Some(loaded_one(&rows.map_err(map_err)?)?.ok_or(StoreError::NotFound)?),
+        None => None,
+    };
     Ok((g, now))
 }
 
@@ -239,14 +282,15 @@ struct Locked {
     replay: Option<(String, GenerationId)>,
 }
 
-/// Opens the account if it does not exist (with its trial credits and their
-/// `credit` entry) and takes its row lock under the lock policy, in one
-/// statement; with it, the subscription and the key's earlier use. `None`
+/// Begins `tx`: opens the account if it does not exist (with its trial
+/// credits and their `credit` entry) and takes its row lock under the lock
+/// policy, in one statement sent with the `BEGIN` (and the lock timeout's
+/// `SET LOCAL`); with it, the subscription and the key's earlier use. `None`
 /// when the lock was refused (SQLSTATE 55P03), or when another request
 /// opened the account while this statement ran (its snapshot cannot see the
 /// new row: the caller answers "busy" and the retry finds it).
-async fn open_and_lock(
-    c: &impl Sql,
+async fn begin_locked<C: Sql>(
+    tx: &mut Tx<'_, C>,
     new: &NewGeneration,
     key: Option<&IdempotencyClaim>,
     policy: LockPolicy,
@@ -277,45 +321,58 @@ async fn open_and_lock(
     }
     let trial = i64::try_from(new.trial_credits).map_err(corrupt)?;
     let key = key.map(|k| k.key.as_str());
-    under_lock_policy(c, policy, async |wait| {
-        let sql = if wait { open_and_lock_sql!("") } else { open_and_lock_sql!(" NOWAIT") };
-        match c.query_opt_cached(sql, &[&new.user_id.0, &trial, &key]).await {
-            Ok(Some(row)) => {
-                let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).map_err(corrupt);
-                let account = terrace_domain::Account {
-                    user_id: UserId(row.get(0)),
-                    trial_credits: n(1)?,
-                    token_balance: n(2)?,
-                    held: n(3)?,
-                    captured: n(4)?,
-                };
-                let replay = match (row.get::<_, Option<String>>(6), row.get::<_, Option<Uuid>>(7)) {
-                    (Some(hash), Some(id)) => Some((hash, GenerationId(id))),
-                    _ => None,
-                };
-                Ok(Some(Locked { account, subscribed: row.get(5), replay }))
-            }
-            Ok(None) => Ok(None),
-            Err(e) if is_lock_refused(&e) => Ok(None),
-            Err(e) => Err(map_err(e)),
-        }
-    })
-    .await
+    let set = match policy {
+        LockPolicy::NoWait => None,
+        LockPolicy::Timeout(d) => Some(lock_timeout_sql(d)),
+    };
+    let sql = if set.is_some() { open_and_lock_sql!("") } else { open_and_lock_sql!(" NOWAIT") };
+    let mut first = Batch::new();
+    if let Some(set) = &set {
+        first.push(set, Vec::new());
+    }
+    first.push(sql, vec![p(new.user_id.0), p(trial), p(key)]);
+    let mut answers = tx.begin_with(&first).await.map_err(map_err)?;
+    let locked = answers.pop().ok_or_else(|| corrupt("the account lock went unanswered"))?;
+    all_ok(answers).map_err(map_err)?;
+    let rows = match locked {
+        Ok(rows) => rows,
+        Err(e) if is_lock_refused(&e) => return Ok(None),
+        Err(e) => return Err(map_err(e)),
+    };
+    let Some(row) = rows.first() else { return Ok(None) };
+    let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).map_err(corrupt);
+    let account = terrace_domain::Account {
+        user_id: UserId(row.get(0)),
+        trial_credits: n(1)?,
+        token_balance: n(2)?,
+        held: n(3)?,
+        captured: n(4)?,
+    };
+    let replay = match (row.get::<_, Option<String>>(6), row.get::<_, Option<Uuid>>(7)) {
+        (Some(hash), Some(id)) => Some((hash, GenerationId(id))),
+        _ => None,
+    };
+    Ok(Some(Locked { account, subscribed: row.get(5), replay }))
 }
+
+/// SQLSTATE of the create's write when its idempotency key was taken by a
+/// request that committed while this one waited for the account lock (its
+/// snapshot could not see it): the write refuses (`terrace_refuse`, migration 0003), the
+/// commit sent with it rolls back, and the answer is "busy", whose retry
+/// replays the other request's generation.
+const KEY_TAKEN: &str = "TR001";
 
 /// Every write of a create in one statement: the account's new balances,
 /// the generation, its areas and their holds (batched) and the idempotency
-/// key. Returns the generation's `created_at` and
-/// `deadline_at`, or `None` when the key is held by a request that
-/// committed meanwhile (nothing is kept: the caller rolls back).
-async fn insert_generation(
-    c: &impl Sql,
-    new: &NewGeneration,
+/// key, returning the generation's `created_at` and `deadline_at`. Sent
+/// with the `COMMIT`; refuses with [`KEY_TAKEN`].
+fn insert_generation<'a>(
+    new: &'a NewGeneration,
     account: &terrace_domain::Account,
     sources: &[CreditSource],
-    key: Option<&IdempotencyClaim>,
+    key: Option<&'a IdempotencyClaim>,
     ttl: f64,
-) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+) -> Result<Batch<'a>, StoreError> {
     let n = |v: u64| i64::try_from(v).map_err(corrupt);
     let areas = &new.request.areas;
     let positions: Vec<i16> =
@@ -327,8 +384,7 @@ async fn insert_generation(
     let strengths: Vec<f64> = areas.iter().map(|a| a.preservation_strength.get()).collect();
     let holds: Vec<&str> = sources.iter().map(|s| s.as_str()).collect();
     let amounts: Vec<i64> = sources.iter().map(|s| n(s.per_area())).collect::<Result<_, _>>()?;
-    let row = c
-        .query_one_cached(
+    Ok(Batch::of(
             "WITH account AS (
                  UPDATE accounts SET trial_credits = $2, token_balance = $3, held = $4, updated_at = now()
                  WHERE user_id = $1),
@@ -356,33 +412,30 @@ async fn insert_generation(
                  WHERE idempotency_keys.expires_at <= now()
                  RETURNING 1)
              SELECT g.created_at, g.deadline_at,
-                    $16::text IS NULL OR EXISTS (SELECT 1 FROM idempotency)
+                    CASE WHEN $16::text IS NULL OR EXISTS (SELECT 1 FROM idempotency) THEN true
+                         ELSE terrace_refuse('TR001', 'the idempotency key was taken meanwhile') END
                FROM generation g",
-            &[
-                &new.user_id.0,
-                &n(account.trial_credits)?,
-                &n(account.token_balance)?,
-                &n(account.held)?,
-                &new.id.0,
-                &new.request_id.as_str(),
-                &new.request.address.as_str(),
-                &secs(new.deadline),
-                &positions,
-                &kinds,
-                &styles,
-                &prompts,
-                &strengths,
-                &holds,
-                &amounts,
-                &key.map(|k| k.key.as_str()),
-                &key.map(|k| k.request_hash.as_str()),
-                &ttl,
+            vec![
+                p(new.user_id.0),
+                p(n(account.trial_credits)?),
+                p(n(account.token_balance)?),
+                p(n(account.held)?),
+                p(new.id.0),
+                p(new.request_id.as_str()),
+                p(new.request.address.as_str()),
+                p(secs(new.deadline)),
+                p(positions),
+                p(kinds),
+                p(styles),
+                p(prompts),
+                p(strengths),
+                p(holds),
+                p(amounts),
+                p(key.map(|k| k.key.as_str())),
+                p(key.map(|k| k.request_hash.as_str())),
+                p(ttl),
             ],
-        )
-        .await
-        .map_err(map_err)?;
-    let key_stored: bool = row.get(2);
-    Ok(key_stored.then(|| (row.get(0), row.get(1))))
+        ))
 }
 
 impl PgStore {
@@ -397,16 +450,21 @@ impl PgStore {
         keep_lease: bool,
         change: impl FnOnce(&mut Generation, DateTime<Utc>) -> Result<(), StoreError> + Send,
     ) -> Result<(Generation, Vec<Resolution>), StoreError> {
+        // Two round trips: BEGIN, the fence and the read; the writes, COMMIT
+        // and the announcement.
         self.db()
             .run(what, async |c| {
-                let tx = c.transaction().await.map_err(map_err)?;
-                let (before, now) = fenced(&tx, lease).await?;
-                let mut after = before.clone();
-                change(&mut after, now)?;
-                let resolved = save(&tx, &before, &after, keep_lease).await?;
-                tx.commit().await.map_err(map_err)?;
-                announce(&*c, &[Notification::Changed(after.id)]).await;
-                Ok::<_, StoreError>((after, resolved))
+                transaction!(&*c, |tx| {
+                    let (before, now) = begin_fenced(tx, lease, true).await?;
+                    let before = before.ok_or(StoreError::NotFound)?;
+                    let mut after = before.clone();
+                    change(&mut after, now)?;
+                    let mut last = Batch::new();
+                    let resolved = save(&mut last, &before, &after, keep_lease)?;
+                    commit_announcing(tx, &last, &[Notification::Changed(after.id)]).await?;
+                    drop(last);
+                    Ok::<_, StoreError>((after, resolved))
+                })
             })
             .await
     }
@@ -430,11 +488,12 @@ impl PgStore {
         one: Option<GenerationId>,
     ) -> Result<Vec<Generation>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Two round trips: BEGIN and the claim; the read of what was
+        // claimed, COMMIT and the announcement.
         self.db()
             .run(what, async |c| {
-                let tx = c.transaction().await.map_err(map_err)?;
-                let rows = tx
-                    .query_cached(
+                transaction!(&*c, |tx| {
+                    let claim = Batch::of(
                         "WITH picked AS (
                              SELECT id FROM generations
                              WHERE status IN ('pending', 'processing')
@@ -452,17 +511,22 @@ impl PgStore {
                                 started_at = COALESCE(g.started_at, now())
                            FROM picked WHERE g.id = picked.id
                          RETURNING g.id, g.seq",
-                        &[&owner.0, &secs(ttl), &limit, &one.map(|g| g.0)],
-                    )
-                    .await
-                    .map_err(map_err)?;
-                let mut ids: Vec<(i64, Uuid)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
-                ids.sort();
-                let ids: Vec<Uuid> = ids.into_iter().map(|(_, id)| id).collect();
-                let claimed = load(&tx, &ids, false).await?;
-                tx.commit().await.map_err(map_err)?;
-                announce(&*c, &changed(&ids)).await;
-                Ok(claimed.into_iter().map(|(g, _)| g).collect())
+                        vec![p(owner.0.as_str()), p(secs(ttl)), p(limit), p(one.map(|g| g.0))],
+                    );
+                    let rows = all_ok(tx.begin_with(&claim).await.map_err(map_err)?).map_err(map_err)?;
+                    let mut ids: Vec<(i64, Uuid)> =
+                        rows.iter().flatten().map(|r| (r.get(1), r.get(0))).collect();
+                    ids.sort();
+                    let ids: Vec<Uuid> = ids.into_iter().map(|(_, id)| id).collect();
+                    if ids.is_empty() {
+                        tx.commit().await.map_err(map_err)?;
+                        return Ok(Vec::new());
+                    }
+                    let read = Batch::of(LOAD, vec![p(ids.as_slice())]);
+                    let rows = commit_announcing(tx, &read, &changed(&ids)).await?;
+                    let claimed = loaded(&ids, rows.first().map_or(&[][..], Vec::as_slice))?;
+                    Ok(claimed.into_iter().map(|(g, _)| g).collect())
+                })
             })
             .await
     }
@@ -482,50 +546,65 @@ impl GenerationStore for PgStore {
         // lock timeout's SET LOCAL, sent with the first): open and lock the
         // account (with the key's earlier use, if any), then every write at
         // once. The announcement follows the commit.
+        // Two round trips: BEGIN with the account's lock; the writes, COMMIT
+        // and the announcement.
         self.db()
             .run("create", async |c| {
-                let tx = c.transaction().await.map_err(map_err)?;
-                let Some(found) = open_and_lock(&tx, new, idempotency, lock).await? else {
-                    return Err(CreateError::AccountBusy);
-                };
-                if let Some((hash, earlier)) = found.replay {
-                    if Some(hash.as_str()) != idempotency.map(|k| k.request_hash.as_str()) {
-                        return Err(CreateError::IdempotencyKeyReused);
+                transaction!(&*c, |tx| {
+                    let Some(found) = begin_locked(tx, new, idempotency, lock).await? else {
+                        return Err(CreateError::AccountBusy);
+                    };
+                    if let Some((hash, earlier)) = found.replay {
+                        if Some(hash.as_str()) != idempotency.map(|k| k.request_hash.as_str()) {
+                            return Err(CreateError::IdempotencyKeyReused);
+                        }
+                        let read = Batch::of(LOAD_ONE, vec![p(earlier.0)]);
+                        let (rows, _) = tx.commit_with(&read, &Batch::new()).await.map_err(map_err)?;
+                        let generation = loaded_one(rows.first().map_or(&[][..], Vec::as_slice))?
+                            .ok_or(StoreError::NotFound)?;
+                        return Ok(CreateOutcome::Replayed(generation));
                     }
-                    let generation = load_one(&tx, earlier, false).await?.ok_or(StoreError::NotFound)?;
-                    tx.commit().await.map_err(map_err)?;
-                    return Ok(CreateOutcome::Replayed(generation));
-                }
-                let mut account = found.account;
-                let sources = match account.hold(new.request.areas.len(), found.subscribed) {
-                    Ok(sources) => sources,
-                    Err(e) => {
-                        // Nothing was held; the account stays open, with its trial.
-                        tx.commit().await.map_err(map_err)?;
-                        return Err(CreateError::InsufficientCredits {
-                            needed: e.needed,
-                            available: e.available,
-                        });
-                    }
-                };
-                let Some((created_at, deadline_at)) =
-                    insert_generation(&tx, new, &account, &sources, idempotency, ttl).await?
-                else {
-                    // The key was taken by a request that committed while
-                    // this one waited for the lock: its retry replays it.
-                    return Err(CreateError::AccountBusy);
-                };
-                tx.commit().await.map_err(map_err)?;
-                announce(&*c, &[Notification::Created(new.id)]).await;
-                // What was written, without reading it back.
-                let created = Created {
-                    id: new.id,
-                    user_id: new.user_id,
-                    request_id: new.request_id.clone(),
-                    request: new.request.clone(),
-                    sources,
-                };
-                Ok(CreateOutcome::Created(Generation::created(created, created_at, deadline_at)))
+                    let mut account = found.account;
+                    let sources = match account.hold(new.request.areas.len(), found.subscribed) {
+                        Ok(sources) => sources,
+                        Err(e) => {
+                            // Nothing was held; the account stays open, with its trial.
+                            tx.commit().await.map_err(map_err)?;
+                            return Err(CreateError::InsufficientCredits {
+                                needed: e.needed,
+                                available: e.available,
+                            });
+                        }
+                    };
+                    let write = insert_generation(new, &account, &sources, idempotency, ttl)?;
+                    let rows =
+                        match tx.commit_with(&write, &announcement(&[Notification::Created(new.id)])).await {
+                            Ok((rows, after)) => {
+                                announced(after);
+                                rows
+                            }
+                            // The key was taken by a request that committed while
+                            // this one waited for the lock: its retry replays it.
+                            Err(e) if e.code().map(|c| c.code()) == Some(KEY_TAKEN) => {
+                                return Err(CreateError::AccountBusy);
+                            }
+                            Err(e) => return Err(map_err(e).into()),
+                        };
+                    let row = rows
+                        .first()
+                        .and_then(|r| r.first())
+                        .ok_or_else(|| corrupt("the create's write returned no row"))?;
+                    let (created_at, deadline_at) = (row.get(0), row.get(1));
+                    // What was written, without reading it back.
+                    let created = Created {
+                        id: new.id,
+                        user_id: new.user_id,
+                        request_id: new.request_id.clone(),
+                        request: new.request.clone(),
+                        sources,
+                    };
+                    Ok(CreateOutcome::Created(Generation::created(created, created_at, deadline_at)))
+                })
             })
             .await
     }
@@ -560,19 +639,32 @@ impl GenerationStore for PgStore {
         let (outcome, voided) = self
             .db()
             .run("cancel", async |c| {
-                let tx = c.transaction().await.map_err(map_err)?;
-                let before = load_one(&tx, id, true).await?.ok_or(StoreError::NotFound)?;
-                if before.status.is_terminal() {
-                    return Ok((CancelOutcome::AlreadyTerminal(before), Vec::new()));
-                }
-                let now = now(&tx).await?;
-                let mut after = before.clone();
-                after.cancel_requested = true;
-                after.close(AreaStatus::Cancelled, &Failure::cancelled(), now);
-                let voided = save(&tx, &before, &after, false).await?;
-                tx.commit().await.map_err(map_err)?;
-                announce(&*c, &[Notification::CancelRequested(id), Notification::Changed(id)]).await;
-                Ok((CancelOutcome::Cancelled(after), voided))
+                // Two round trips: BEGIN, the lock, the read and the time; the
+                // writes, COMMIT and the announcement.
+                transaction!(&*c, |tx| {
+                    let mut first = Batch::of(LOCK, vec![p(vec![id.0])]);
+                    first.push(LOAD_ONE, vec![p(id.0)]);
+                    first.push("SELECT now()", Vec::new());
+                    let answers = all_ok(tx.begin_with(&first).await.map_err(map_err)?).map_err(map_err)?;
+                    let [_, read, time] = answers.as_slice() else {
+                        return Err(corrupt("the cancel's reads went unanswered"));
+                    };
+                    let before = loaded_one(read)?.ok_or(StoreError::NotFound)?;
+                    if before.status.is_terminal() {
+                        return Ok((CancelOutcome::AlreadyTerminal(before), Vec::new()));
+                    }
+                    let now: DateTime<Utc> =
+                        time.first().ok_or_else(|| corrupt("now() returned no row"))?.get(0);
+                    let mut after = before.clone();
+                    after.cancel_requested = true;
+                    after.close(AreaStatus::Cancelled, &Failure::cancelled(), now);
+                    let mut last = Batch::new();
+                    let voided = save(&mut last, &before, &after, false)?;
+                    let notes = [Notification::CancelRequested(id), Notification::Changed(id)];
+                    commit_announcing(tx, &last, &notes).await?;
+                    drop(last);
+                    Ok((CancelOutcome::Cancelled(after), voided))
+                })
             })
             .await?;
         self.report(&voided);
@@ -633,25 +725,25 @@ impl GenerationStore for PgStore {
         let id = lease.generation_id;
         self.db()
             .run("release", async |c| {
-                let tx = c.transaction().await.map_err(map_err)?;
-                let (before, _) = fenced(&tx, lease).await?;
-                let mut after = before.clone();
-                after.areas.iter_mut().for_each(Area::hand_back);
-                for (b, a) in before.areas.iter().zip(&after.areas) {
-                    if b != a {
-                        write_area(&tx, id, a).await?;
+                transaction!(&*c, |tx| {
+                    let (before, _) = begin_fenced(tx, lease, true).await?;
+                    let before = before.ok_or(StoreError::NotFound)?;
+                    let mut after = before.clone();
+                    after.areas.iter_mut().for_each(Area::hand_back);
+                    let mut last = Batch::new();
+                    for (b, a) in before.areas.iter().zip(&after.areas) {
+                        if b != a {
+                            push_area(&mut last, id, a);
+                        }
                     }
-                }
-                tx.execute_cached(
-                    "UPDATE generations SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $1",
-                    &[&id.0],
-                )
-                .await
-                .map_err(map_err)?;
-                tx.commit().await.map_err(map_err)?;
-                announce(&*c, &[Notification::Changed(id)]).await;
-                Ok(())
+                    last.push(
+                        "UPDATE generations SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL \
+                         WHERE id = $1",
+                        vec![p(id.0)],
+                    );
+                    commit_announcing(tx, &last, &[Notification::Changed(id)]).await?;
+                    Ok(())
+                })
             })
             .await
     }
@@ -660,17 +752,20 @@ impl GenerationStore for PgStore {
         let id = lease.generation_id;
         self.db()
             .run("record_geocode", async |c| {
-                let tx = c.transaction().await.map_err(map_err)?;
-                fence(&tx, lease).await?;
-                tx.execute_cached(
-                    "UPDATE generations SET geocoded_address = $2, lat = $3, lng = $4 WHERE id = $1",
-                    &[&id.0, &geocoded.formatted_address, &geocoded.location.lat, &geocoded.location.lng],
-                )
-                .await
-                .map_err(map_err)?;
-                tx.commit().await.map_err(map_err)?;
-                announce(&*c, &[Notification::Changed(id)]).await;
-                Ok(())
+                transaction!(&*c, |tx| {
+                    begin_fenced(tx, lease, false).await?;
+                    let write = Batch::of(
+                        "UPDATE generations SET geocoded_address = $2, lat = $3, lng = $4 WHERE id = $1",
+                        vec![
+                            p(id.0),
+                            p(geocoded.formatted_address.as_str()),
+                            p(geocoded.location.lat),
+                            p(geocoded.location.lng),
+                        ],
+                    );
+                    commit_announcing(tx, &write, &[Notification::Changed(id)]).await?;
+                    Ok(())
+                })
             })
             .await
     }
@@ -734,35 +829,55 @@ impl GenerationStore for PgStore {
         let (ids, voided) = self
             .db()
             .run("end_overdue", async |c| {
-                let tx = c.transaction().await.map_err(map_err)?;
-                let rows = tx
-                    .query_cached(
+                // Three round trips: BEGIN and the overdue rows' locks; their
+                // read and the time; the writes, COMMIT and the announcement.
+                transaction!(&*c, |tx| {
+                    let pick = Batch::of(
                         "SELECT id FROM generations
                           WHERE status IN ('pending', 'processing') AND deadline_at <= now()
                             AND (lease_expires_at IS NULL OR lease_expires_at <= now())
                           ORDER BY deadline_at
                           LIMIT $1
                           FOR UPDATE SKIP LOCKED",
-                        &[&limit],
-                    )
-                    .await
-                    .map_err(map_err)?;
-                let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-                let mut overdue = load(&tx, &ids, false).await?;
-                // Accounts in one order, so that sweepers never deadlock.
-                overdue.sort_by_key(|(g, _)| (g.user_id, g.id));
-                let now = now(&tx).await?;
-                let mut voided = Vec::new();
-                let mut ended = Vec::new();
-                for (before, _) in overdue {
-                    let mut after = before.clone();
-                    after.close(AreaStatus::Failed, &failure, now);
-                    voided.extend(save(&tx, &before, &after, false).await?);
-                    ended.push(after.id);
-                }
-                tx.commit().await.map_err(map_err)?;
-                announce(&*c, &changed(&ended.iter().map(|g| g.0).collect::<Vec<_>>())).await;
-                Ok::<_, StoreError>((ended, voided))
+                        vec![p(limit)],
+                    );
+                    let rows = all_ok(tx.begin_with(&pick).await.map_err(map_err)?).map_err(map_err)?;
+                    let ids: Vec<Uuid> = rows.iter().flatten().map(|r| r.get(0)).collect();
+                    if ids.is_empty() {
+                        tx.commit().await.map_err(map_err)?;
+                        return Ok((Vec::new(), Vec::new()));
+                    }
+                    let mut reads = Batch::of(LOAD, vec![p(ids.as_slice())]);
+                    reads.push("SELECT now()", Vec::new());
+                    let answers = send(tx, &[&reads]).await.map_err(map_err)?.into_iter().flatten().collect();
+                    let [read, time] = all_ok(answers)
+                        .map_err(map_err)?
+                        .try_into()
+                        .map_err(|_| corrupt("the overdue generations' reads went unanswered"))?;
+                    let mut overdue = loaded(&ids, &read)?;
+                    // Accounts in one order, so that sweepers never deadlock.
+                    overdue.sort_by_key(|(g, _)| (g.user_id, g.id));
+                    let now: DateTime<Utc> =
+                        time.first().ok_or_else(|| corrupt("now() returned no row"))?.get(0);
+                    let closed: Vec<(Generation, Generation)> = overdue
+                        .into_iter()
+                        .map(|(before, _)| {
+                            let mut after = before.clone();
+                            after.close(AreaStatus::Failed, &failure, now);
+                            (before, after)
+                        })
+                        .collect();
+                    let mut last = Batch::new();
+                    let mut voided = Vec::new();
+                    for (before, after) in &closed {
+                        voided.extend(save(&mut last, before, after, false)?);
+                    }
+                    let ended: Vec<GenerationId> = closed.iter().map(|(_, after)| after.id).collect();
+                    let notes: Vec<Notification> =
+                        ended.iter().map(|id| Notification::Changed(*id)).collect();
+                    commit_announcing(tx, &last, &notes).await?;
+                    Ok::<_, StoreError>((ended, voided))
+                })
             })
             .await?;
         self.report(&voided);

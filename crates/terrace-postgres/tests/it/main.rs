@@ -6,6 +6,7 @@ mod bounds;
 mod conformance;
 mod listener;
 mod migrations;
+mod pipelined;
 mod reads;
 mod schema;
 mod support;
