@@ -1217,9 +1217,8 @@ impl Bench<'_> {
         report["capture"] = match &capture {
             Ok(c) => {
                 let unseen = c.empty_queries + c.parses;
-                if let Some(rt) = report["round_trips_per_request"].as_f64() {
-                    report["round_trips_per_request_with_unseen"] = json!(rt + unseen as f64);
-                }
+                report["statements_per_request"] = json!(c.sequence.len() + unseen);
+                report["round_trips_per_request"] = json!(round_trips(&c.sequence).len() + unseen);
                 json!({
                     "requests": c.captured,
                     "agreeing": c.agreeing,
@@ -1311,8 +1310,10 @@ impl Bench<'_> {
                 "load_driver_ms_per_request": 1000.0 * per(driver),
             },
             "contention": self.contention(&w.cpu0, &w.cpu1, secs, false),
-            "round_trips_per_request": self.pg.stat_statements.then(|| per(calls as f64)),
-            "round_trips_per_request_without_background": self.pg.stat_statements.then(|| per(path_calls as f64)),
+            // Executions pg_stat_statements saw: it counts a prepared BEGIN,
+            // SET or COMMIT once per connection, so these undercount them.
+            "statements_seen_per_request": self.pg.stat_statements.then(|| per(calls as f64)),
+            "statements_seen_per_request_without_background": self.pg.stat_statements.then(|| per(path_calls as f64)),
             "statements": statements,
         })
     }
@@ -1386,7 +1387,16 @@ impl Bench<'_> {
         if c.sequence.iter().any(|s| s.simple) {
             notes.push(
                 "statements the server sent as simple queries (BEGIN, COMMIT, SET LOCAL) are sent as prepared \
-                 statements: one round trip each, as before"
+                 statements"
+                    .to_owned(),
+            );
+        }
+        if round_trips(&c.sequence).len() < c.sequence.len() {
+            notes.push(
+                "the statements are grouped into round trips by rule, not observed: a round trip ends after a \
+                 statement that takes a row lock, and at the end, as the server's store sends them \
+                 (docs/POSTGRES.md); pgbench sends each round trip of several statements as one pipeline \
+                 (\\startpipeline … \\endpipeline)"
                     .to_owned(),
             );
         }
@@ -1535,9 +1545,10 @@ impl Bench<'_> {
             "transactions": transactions,
             "latency_average_ms": field("latency average = "),
             "failed_transactions": field("number of failed transactions: "),
-            // One round trip each. (pg_stat_statements is no check here: it
-            // counts a prepared BEGIN, SET or COMMIT once per connection.)
+            // (pg_stat_statements is no check here: it counts a prepared
+            // BEGIN, SET or COMMIT once per connection.)
             "statements_per_transaction": c.sequence.len(),
+            "round_trips_per_transaction": round_trips(&c.sequence).len(),
             "cpu": {
                 "postgres_seconds": postgres,
                 "postgres_percent": 100.0 * postgres / wall,
@@ -1714,7 +1725,21 @@ fn script(
 ) -> Result<(String, Vec<(String, String)>)> {
     let mut s = header.to_owned();
     let mut vars = Vec::new();
+    // Where each round trip of more than one statement starts and ends.
+    let mut starts = std::collections::HashSet::new();
+    let mut ends = std::collections::HashSet::new();
+    let mut at = 0;
+    for n in round_trips(&c.sequence) {
+        if n > 1 {
+            starts.insert(at);
+            ends.insert(at + n - 1);
+        }
+        at += n;
+    }
     for (i, (st, ty)) in c.sequence.iter().zip(types).enumerate() {
+        if starts.contains(&i) {
+            s.push_str("\\startpipeline\n");
+        }
         let mut params = Vec::new();
         for (n, (v, t)) in st.params.iter().zip(ty).enumerate() {
             let (sql, var) = param_sql(v.as_deref(), t, &c.values, &expr, &format!("{prefix}_{i}_{}", n + 1));
@@ -1723,13 +1748,36 @@ fn script(
         }
         let sql = rewrite(&st.text, &params)?;
         let sql = sql.trim().trim_end_matches(';').trim_end();
-        if sql.is_empty() {
-            continue;
+        if !sql.is_empty() {
+            s.push_str(sql);
+            s.push_str(";\n");
         }
-        s.push_str(sql);
-        s.push_str(";\n");
+        if ends.contains(&i) {
+            s.push_str("\\endpipeline\n");
+        }
     }
     Ok((s, vars))
+}
+
+/// The round trips in which the server sends `sequence`, as statement
+/// counts: it sends statements together and reads their answers only where
+/// what it sends next depends on one, which for Terrace's paths is after a
+/// statement that takes a row lock (the account's, a generation's) and at
+/// the end (`docs/POSTGRES.md`, "Statements per request").
+fn round_trips(sequence: &[Stmt]) -> Vec<usize> {
+    let mut trips = Vec::new();
+    let mut n = 0;
+    for st in sequence {
+        n += 1;
+        if st.text.to_uppercase().contains("FOR UPDATE") {
+            trips.push(n);
+            n = 0;
+        }
+    }
+    if n > 0 {
+        trips.push(n);
+    }
+    trips
 }
 
 /// `text` with `$n` replaced by `params[n - 1]`, and what pgbench would take
@@ -1942,7 +1990,7 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
          CPUs: {online} online, {allowed:?} allowed; pinning: {pin}. Load average (1, 5, 15 min) before the \
          build {lb}, at the start {ls}, at the end {le}.\n\n\
          | path | requests/s | ok/s | p50 ms | p99 ms | errors | server CPU | Postgres CPU | driver CPU | \
-         others on the 2 CPUs | round trips/request | ceiling TPS | throughput/ceiling |\n\
+         others on the 2 CPUs | statements / round trips per request | ceiling TPS | throughput/ceiling |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         c = o.connections,
         t = o.seconds,
@@ -1974,7 +2022,7 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
     for (name, p) in &paths {
         let errors: u64 = p["errors"].as_object().map_or(0, |e| e.values().filter_map(Value::as_u64).sum());
         md.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {errors} | {} % | {} % | {} % | {} | {}{} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {errors} | {} % | {} % | {} % | {} | {} / {}{} | {} | {} |\n",
             f(&p["requests_per_second"], 0),
             f(&p["ok_per_second"], 0),
             f(&p["latency_ok"]["p50_ms"], 2),
@@ -1989,7 +2037,8 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
                 .map(|c| format!("{} %", f(&c["busy_not_ours_percent"], 0)))
                 .collect::<Vec<_>>()
                 .join(" / "),
-            f(&p["round_trips_per_request"], 2),
+            f(&p["statements_per_request"], 0),
+            f(&p["round_trips_per_request"], 0),
             match p["capture"]["empty_queries_per_request"].as_u64().unwrap_or(0)
                 + p["capture"]["parses_per_request"].as_u64().unwrap_or(0)
             {
@@ -2005,7 +2054,9 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
             "\n## {name}\n\n{} requests in {} s; errors by status: {}; 409 account_busy: {}.\n\
              CPU seconds: server {}, Postgres {}, load driver {}; per request: Postgres {} ms, server {} ms, load \
              driver {} ms.\n\
-             Round trips per request: {} ({} without the server's background statements){}.\n\n",
+             Statements per request: {}, in {} round trips{} (pg_stat_statements saw {} per request, {} without \
+             the server's background statements: it counts a prepared BEGIN, SET or COMMIT once per \
+             connection).\n\n",
             p["requests"],
             f(&p["seconds"], 1),
             p["errors"],
@@ -2016,9 +2067,11 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
             f(&p["cpu"]["postgres_ms_per_request"], 3),
             f(&p["cpu"]["server_ms_per_request"], 3),
             f(&p["cpu"]["load_driver_ms_per_request"], 3),
-            f(&p["round_trips_per_request"], 2),
-            f(&p["round_trips_per_request_without_background"], 2),
+            f(&p["statements_per_request"], 0),
+            f(&p["round_trips_per_request"], 0),
             unseen(&p["capture"]),
+            f(&p["statements_seen_per_request"], 2),
+            f(&p["statements_seen_per_request_without_background"], 2),
         ));
         md.push_str(&contention_line(&p["contention"]));
         md.push_str("Statements in the window (pg_stat_statements):\n\n| calls/request | mean ms | query |\n|---|---|---|\n");
@@ -2036,12 +2089,13 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
             md.push_str(&format!("\nNo ceiling: {e}\n"));
         } else {
             md.push_str(&format!(
-                "\nCeiling: `{}` replaying the {} statements of one request ({} of {} captured requests sent \
-                 exactly these, one round trip each): {} TPS, latency average {} ms, Postgres CPU {} % ({} ms \
+                "\nCeiling: `{}` replaying the {} statements of one request in {} round trips, as the server \
+                 sends them ({} of {} captured requests sent exactly these): {} TPS, latency average {} ms, Postgres CPU {} % ({} ms \
                  per transaction), pgbench {} % ({} ms per transaction, on Postgres's CPU). Throughput/ceiling: \
                  {}.\n\n{}\nApproximations:\n",
                 ceiling["command"].as_str().unwrap_or(""),
                 ceiling["statements_per_transaction"],
+                ceiling["round_trips_per_transaction"],
                 p["capture"]["agreeing"],
                 p["capture"]["requests"],
                 f(&ceiling["tps"], 0),
