@@ -292,6 +292,29 @@ pub async fn heartbeat_renews_every_lease_in_one_call(s: &Subject) {
     assert!(s.store.heartbeat(&worker("nobody"), TTL).await.unwrap().is_empty());
 }
 
+pub async fn claim_pending_takes_new_work_and_leaves_expired_leases_to_claim(s: &Subject) {
+    let user = UserId::new_random();
+    let old = worker("old");
+    let expired = create(s, user, &[FrontYard], 10).await;
+    claim_it(s, &expired, &old, SHORT_TTL).await;
+    let witness = create(s, user, &[FrontYard], 10).await;
+    claim_it(s, &witness, &old, SHORT_TTL).await;
+    let fresh = create(s, user, &[FrontYard], 10).await;
+    // The witness was claimed after `expired`: once its lease has lapsed, so
+    // has the other's.
+    let new = worker("new");
+    eventually("the old leases lapse", BOUND, async || {
+        s.store.claim_one(witness.id, &new, TTL).await.unwrap()
+    })
+    .await;
+    let pending = s.store.claim_pending(&new, TTL, 10).await.unwrap();
+    assert_eq!(pending.iter().map(|g| g.id).collect::<Vec<_>>(), vec![fresh.id], "pending work only");
+    assert_eq!((pending[0].status, pending[0].attempt), (GenerationStatus::Processing, 1));
+    let rescued = s.store.claim(&new, TTL, 10).await.unwrap();
+    assert_eq!(rescued.iter().map(|g| (g.id, g.attempt)).collect::<Vec<_>>(), vec![(expired.id, 2)]);
+    assert!(s.store.claim_pending(&new, TTL, 10).await.unwrap().is_empty(), "nothing is left");
+}
+
 pub async fn expired_lease_is_rescued_and_old_writes_refused(s: &Subject) {
     let user = UserId::new_random();
     let g = create(s, user, &[FrontYard, Backyard], 10).await;

@@ -75,6 +75,7 @@ macro_rules! suite {
             claim_one_takes_only_claimable,
             heartbeat_renews_every_lease_in_one_call,
             expired_lease_is_rescued_and_old_writes_refused,
+            claim_pending_takes_new_work_and_leaves_expired_leases_to_claim,
             complete_captures_and_end_voids_once,
             a_pending_area_completes_once_its_image_is_stored,
             finish_ends_unfinished_and_settles,

@@ -187,6 +187,22 @@ impl GenerationStore for FaultyStore {
         .await
     }
 
+    async fn claim_pending(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Generation>, StoreError> {
+        self.call("claim_pending", || {
+            let r = at_once(self.shared.store.claim_pending(owner, ttl, limit));
+            if let Ok(claimed) = &r {
+                self.shared.claimed(self.who, &owner.0, claimed);
+            }
+            r
+        })
+        .await
+    }
+
     async fn claim_one(
         &self,
         id: GenerationId,

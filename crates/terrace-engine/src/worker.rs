@@ -188,13 +188,24 @@ impl Engine {
         });
     }
 
-    async fn claim_available(&self) {
+    /// Claims work while there is room: on the sweep's tick, everything
+    /// claimable (work whose lease expired too); when new work is
+    /// announced, pending work only, which a store finds without looking at
+    /// every running generation's lease.
+    async fn claim_available(&self, expired_too: bool) {
         let i = &self.inner;
         let room = i.policies.lease.max_running.saturating_sub(i.supervisor.count());
         if room == 0 || i.stop_loops.is_cancelled() {
             return;
         }
-        let claim = i.ports.store.claim(&i.owner, i.policies.lease.ttl, room);
+        let (owner, ttl) = (&i.owner, i.policies.lease.ttl);
+        let claim = async {
+            if expired_too {
+                i.ports.store.claim(owner, ttl, room).await
+            } else {
+                i.ports.store.claim_pending(owner, ttl, room).await
+            }
+        };
         match bounded(self.call_limit(), "claim", claim).await {
             Ok(claimed) => {
                 if !claimed.is_empty() {
@@ -211,13 +222,13 @@ impl Engine {
         let mut tick = interval(self.inner.policies.lease.sweep_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let expired_too = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = self.inner.wake.notified() => {}
-                _ = tick.tick() => {}
-            }
-            self.claim_available().await;
+                _ = self.inner.wake.notified() => false,
+                _ = tick.tick() => true,
+            };
+            self.claim_available(expired_too).await;
         }
     }
 

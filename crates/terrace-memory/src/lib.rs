@@ -321,6 +321,29 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Claims up to `limit` claimable generations that `which` admits,
+    /// oldest first.
+    fn claim_where(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+        which: impl Fn(&Row) -> bool,
+    ) -> Result<Vec<Generation>, StoreError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let mut free: Vec<&mut Row> =
+            s.rows.values_mut().filter(|r| which(r) && State::claimable(r, now)).collect();
+        free.sort_by_key(|r| r.seq);
+        let claimed: Vec<_> =
+            free.into_iter().take(limit).map(|r| State::take_claim(r, now, owner, ttl)).collect();
+        drop(s);
+        for g in &claimed {
+            self.notify(Notification::Changed(g.id));
+        }
+        Ok(claimed)
+    }
+
     fn notify(&self, n: Notification) {
         let _ = self.events.send(n);
     }
@@ -456,17 +479,16 @@ impl GenerationStore for MemoryStore {
         ttl: Duration,
         limit: usize,
     ) -> Result<Vec<Generation>, StoreError> {
-        let now = self.clock.now();
-        let mut s = self.lock();
-        let mut free: Vec<&mut Row> = s.rows.values_mut().filter(|r| State::claimable(r, now)).collect();
-        free.sort_by_key(|r| r.seq);
-        let claimed: Vec<_> =
-            free.into_iter().take(limit).map(|r| State::take_claim(r, now, owner, ttl)).collect();
-        drop(s);
-        for g in &claimed {
-            self.notify(Notification::Changed(g.id));
-        }
-        Ok(claimed)
+        self.claim_where(owner, ttl, limit, |_| true)
+    }
+
+    async fn claim_pending(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Generation>, StoreError> {
+        self.claim_where(owner, ttl, limit, |r| r.generation.status == GenerationStatus::Pending)
     }
 
     async fn claim_one(

@@ -207,6 +207,20 @@ pub trait GenerationStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Generation>, StoreError>;
 
+    /// Claims up to `limit` *pending* generations (never started, or handed
+    /// back), oldest first, as [`GenerationStore::claim`] would; work whose
+    /// lease expired is left to `claim`. For claiming as soon as new work is
+    /// announced: a store can find pending work without looking at every
+    /// running generation's lease. The default claims as `claim` does.
+    async fn claim_pending(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Generation>, StoreError> {
+        self.claim(owner, ttl, limit).await
+    }
+
     /// Claims one named generation, as [`GenerationStore::claim`] would;
     /// `None` when it is not claimable (already claimed, terminal, overdue).
     async fn claim_one(

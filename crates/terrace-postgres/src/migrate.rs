@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("../../../migrations/0001_initial.sql") },
     Migration { version: 2, name: "billing", sql: include_str!("../../../migrations/0002_billing.sql") },
     Migration { version: 3, name: "refuse", sql: include_str!("../../../migrations/0003_refuse.sql") },
+    Migration {
+        version: 4,
+        name: "pending_index",
+        sql: include_str!("../../../migrations/0004_pending_index.sql"),
+    },
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises migration runs.

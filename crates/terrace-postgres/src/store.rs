@@ -438,6 +438,47 @@ fn insert_generation<'a>(
         ))
 }
 
+/// What a claim may take.
+#[derive(Debug, Clone, Copy)]
+enum Claimable {
+    /// Pending work, and work whose lease expired.
+    Any,
+    /// Pending work only: found through the index of pending rows
+    /// (migration 0004), without reading every running generation's lease.
+    Pending,
+    /// One generation, if it is claimable.
+    One(GenerationId),
+}
+
+/// The claim of the generations `$which` admits (and `$4`, the one named or
+/// NULL): those not leased or whose lease expired, not past their deadline,
+/// oldest first, skipping rows other transactions hold locked; each gets
+/// its attempt raised, the lease, and `processing`.
+macro_rules! claim_sql {
+    ($which:literal) => {
+        concat!(
+            "WITH picked AS (
+                 SELECT id FROM generations
+                 WHERE ",
+            $which,
+            "
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+                   AND deadline_at > now()
+                 ORDER BY seq
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE generations g
+                SET attempt = g.attempt + 1,
+                    lease_owner = $1,
+                    lease_expires_at = LEAST(now(), g.deadline_at) + make_interval(secs => $2),
+                    status = 'processing',
+                    started_at = COALESCE(g.started_at, now())
+               FROM picked WHERE g.id = picked.id
+             RETURNING g.id, g.seq"
+        )
+    };
+}
+
 impl PgStore {
     /// Runs a fenced change in one transaction: reads under the row lock,
     /// applies `change` (the domain's transitions), writes the difference,
@@ -477,42 +518,28 @@ impl PgStore {
         }
     }
 
-    /// Claims up to `limit` claimable generations (only `one`, if named),
-    /// oldest first, skipping rows other transactions hold locked.
+    /// Claims up to `limit` generations of `which`, oldest first, skipping
+    /// rows other transactions hold locked.
     async fn claim_where(
         &self,
         what: &'static str,
         owner: &WorkerId,
         ttl: Duration,
         limit: usize,
-        one: Option<GenerationId>,
+        which: Claimable,
     ) -> Result<Vec<Generation>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (sql, one) = match which {
+            Claimable::Any => (claim_sql!("status IN ('pending', 'processing') AND $4::uuid IS NULL"), None),
+            Claimable::Pending => (claim_sql!("status = 'pending' AND $4::uuid IS NULL"), None),
+            Claimable::One(id) => (claim_sql!("status IN ('pending', 'processing') AND id = $4"), Some(id.0)),
+        };
         // Two round trips: BEGIN and the claim; the read of what was
         // claimed, COMMIT and the announcement.
         self.db()
             .run(what, async |c| {
                 transaction!(&*c, |tx| {
-                    let claim = Batch::of(
-                        "WITH picked AS (
-                             SELECT id FROM generations
-                             WHERE status IN ('pending', 'processing')
-                               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-                               AND deadline_at > now()
-                               AND ($4::uuid IS NULL OR id = $4)
-                             ORDER BY seq
-                             LIMIT $3
-                             FOR UPDATE SKIP LOCKED)
-                         UPDATE generations g
-                            SET attempt = g.attempt + 1,
-                                lease_owner = $1,
-                                lease_expires_at = LEAST(now(), g.deadline_at) + make_interval(secs => $2),
-                                status = 'processing',
-                                started_at = COALESCE(g.started_at, now())
-                           FROM picked WHERE g.id = picked.id
-                         RETURNING g.id, g.seq",
-                        vec![p(owner.0.as_str()), p(secs(ttl)), p(limit), p(one.map(|g| g.0))],
-                    );
+                    let claim = Batch::of(sql, vec![p(owner.0.as_str()), p(secs(ttl)), p(limit), p(one)]);
                     let rows = all_ok(tx.begin_with(&claim).await.map_err(map_err)?).map_err(map_err)?;
                     let mut ids: Vec<(i64, Uuid)> =
                         rows.iter().flatten().map(|r| (r.get(1), r.get(0))).collect();
@@ -680,7 +707,19 @@ impl GenerationStore for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.claim_where("claim", owner, ttl, limit, None).await
+        self.claim_where("claim", owner, ttl, limit, Claimable::Any).await
+    }
+
+    async fn claim_pending(
+        &self,
+        owner: &WorkerId,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Generation>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.claim_where("claim_pending", owner, ttl, limit, Claimable::Pending).await
     }
 
     async fn claim_one(
@@ -689,7 +728,7 @@ impl GenerationStore for PgStore {
         owner: &WorkerId,
         ttl: Duration,
     ) -> Result<Option<Generation>, StoreError> {
-        Ok(self.claim_where("claim_one", owner, ttl, 1, Some(id)).await?.pop())
+        Ok(self.claim_where("claim_one", owner, ttl, 1, Claimable::One(id)).await?.pop())
     }
 
     async fn heartbeat(&self, owner: &WorkerId, ttl: Duration) -> Result<Vec<LeaseState>, StoreError> {
