@@ -7,7 +7,8 @@ use crate::postgres::TestPostgres;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde_json::json;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,21 @@ pub struct Options {
     pub users: usize,
     pub latency: Duration,
     pub concurrency: usize,
+    pub poll: Poll,
     pub out: PathBuf,
+}
+
+/// How the status pollers follow each generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// As Terrace's own client polls when its event stream is gone: from
+    /// 500 ms, doubling while nothing changes, up to 10 s; back to 500 ms on
+    /// a change (`terrace_client::WatchOptions::standard`).
+    Backoff,
+    /// As fast as the 32 pollers go, 5 ms apart: the reads then fill
+    /// whatever Postgres has left, and its CPU per generation measures the
+    /// run's length more than the work of a generation.
+    Closed,
 }
 
 impl Options {
@@ -32,6 +47,7 @@ impl Options {
             users: 0,
             latency: Duration::from_secs(20),
             concurrency: 200,
+            poll: Poll::Backoff,
             out: PathBuf::from("target/loadtest"),
         };
         let mut it = args.iter();
@@ -42,9 +58,17 @@ impl Options {
                 "--users" => o.users = value.parse()?,
                 "--latency-ms" => o.latency = Duration::from_millis(value.parse()?),
                 "--concurrency" => o.concurrency = value.parse()?,
+                "--poll" => {
+                    o.poll = match value.as_str() {
+                        "backoff" => Poll::Backoff,
+                        "closed" => Poll::Closed,
+                        other => bail!("--poll {other}: use backoff or closed"),
+                    }
+                }
                 "--out" => o.out = PathBuf::from(value),
                 _ => bail!(
-                    "unknown flag {flag}: use --generations N --users U --latency-ms L --concurrency C --out DIR"
+                    "unknown flag {flag}: use --generations N --users U --latency-ms L --concurrency C \
+                     --poll backoff|closed --out DIR"
                 ),
             }
         }
@@ -52,6 +76,59 @@ impl Options {
             o.users = (o.generations / 10).max(1);
         }
         Ok(o)
+    }
+}
+
+/// A generation the pollers follow, due for its next read at `due`.
+struct Followed {
+    due: Instant,
+    /// Ties broken by arrival, so that equal times are first come first read.
+    seq: u64,
+    id: Uuid,
+    created_at: Instant,
+    who: usize,
+    delay: Duration,
+    last: Option<Generation>,
+}
+
+impl PartialEq for Followed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Followed {}
+impl PartialOrd for Followed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Followed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// The generations being followed, earliest due first.
+#[derive(Default)]
+struct Schedule {
+    heap: BinaryHeap<Reverse<Followed>>,
+    seq: u64,
+}
+
+impl Schedule {
+    fn push(&mut self, mut f: Followed) {
+        self.seq += 1;
+        f.seq = self.seq;
+        self.heap.push(Reverse(f));
+    }
+
+    /// The earliest generation if it is due, else how long until it is.
+    fn take_due(&mut self, now: Instant) -> Result<Followed, Option<Duration>> {
+        match self.heap.peek() {
+            Some(Reverse(f)) if f.due <= now => self.heap.pop().map(|Reverse(f)| f).ok_or(None),
+            Some(Reverse(f)) => Err(Some(f.due - now)),
+            None => Err(None),
+        }
     }
 }
 
@@ -164,7 +241,12 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, pg: &TestPostgres) -> Res
     let (postgres_t0, server_t0) =
         (crate::bench::postgres_ticks(postmaster), crate::bench::ticks_of(server.pid()));
     let seen = Arc::new(Observed::default());
-    let queue: Arc<Mutex<VecDeque<(Uuid, Instant, usize)>>> = Arc::default();
+    let queue: Arc<Mutex<Schedule>> = Arc::default();
+    let watch = terrace_client::WatchOptions::standard();
+    let first_delay = match o.poll {
+        Poll::Backoff => watch.poll_initial,
+        Poll::Closed => Duration::from_millis(5),
+    };
     let created = Arc::new(AtomicUsize::new(0));
     let creates_done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -208,11 +290,15 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, pg: &TestPostgres) -> Res
                     match client.create(&area_request(i)).await {
                         Ok(g) => {
                             seen.create_latency.lock().unwrap_or_else(|p| p.into_inner()).push(t.elapsed());
-                            queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((
-                                g.id,
-                                t,
-                                i % clients.len(),
-                            ));
+                            queue.lock().unwrap_or_else(|p| p.into_inner()).push(Followed {
+                                due: Instant::now() + first_delay,
+                                seq: 0,
+                                id: g.id,
+                                created_at: t,
+                                who: i % clients.len(),
+                                delay: first_delay,
+                                last: None,
+                            });
                         }
                         Err(e) => {
                             let key = cluster::error_key(&e);
@@ -230,8 +316,10 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, pg: &TestPostgres) -> Res
         })
         .collect();
 
-    // Status pollers: each takes the oldest unfinished generation, asks for
-    // it, and puts it back unless terminal.
+    // Status pollers: each takes the generation whose next read is due
+    // soonest, reads it, and schedules the next read unless it is terminal
+    // (`--poll`: as Terrace's client backs off, or 5 ms later).
+    let (poll, poll_max) = (o.poll, watch.poll_max);
     let pollers: Vec<_> = (0..32)
         .map(|_| {
             let (seen, queue, done, clients) =
@@ -239,33 +327,40 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, pg: &TestPostgres) -> Res
             let total = o.generations;
             tokio::spawn(async move {
                 loop {
-                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-                    let Some((id, created_at, who)) = next else {
-                        if done.load(Ordering::SeqCst) >= total {
-                            break;
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).take_due(Instant::now());
+                    let mut f = match next {
+                        Ok(f) => f,
+                        Err(wait) => {
+                            if wait.is_none() && done.load(Ordering::SeqCst) >= total {
+                                break;
+                            }
+                            let wait =
+                                wait.unwrap_or(Duration::from_millis(20)).min(Duration::from_millis(20));
+                            tokio::time::sleep(wait).await;
+                            continue;
                         }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
                     };
                     let t = Instant::now();
-                    match clients[who].get(id).await {
+                    match clients[f.who].get(f.id).await {
                         Ok(g) => {
                             seen.status_latency.lock().unwrap_or_else(|p| p.into_inner()).push(t.elapsed());
                             if g.status.is_terminal() {
-                                finished(&seen, &g, created_at);
-                            } else {
-                                queue
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .push_back((id, created_at, who));
-                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                finished(&seen, &g, f.created_at);
+                                continue;
                             }
+                            f.delay = match poll {
+                                Poll::Closed => f.delay,
+                                Poll::Backoff if f.last.as_ref() == Some(&g) => (f.delay * 2).min(poll_max),
+                                Poll::Backoff => first_delay,
+                            };
+                            f.last = Some(g);
                         }
                         Err(_) => {
                             seen.status_errors.fetch_add(1, Ordering::Relaxed);
-                            queue.lock().unwrap_or_else(|p| p.into_inner()).push_back((id, created_at, who));
                         }
                     }
+                    f.due = Instant::now() + f.delay;
+                    queue.lock().unwrap_or_else(|p| p.into_inner()).push(f);
                 }
             })
         })
@@ -317,7 +412,7 @@ async fn drive(o: &Options, sim: &Proc, server: &Proc, pg: &TestPostgres) -> Res
     let mut status = seen.status_latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut terminal = seen.to_terminal.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(json!({
-        "options": {"generations": o.generations, "users": o.users, "model_latency_ms": o.latency.as_millis() as u64, "create_concurrency": o.concurrency},
+        "options": {"generations": o.generations, "users": o.users, "model_latency_ms": o.latency.as_millis() as u64, "create_concurrency": o.concurrency, "poll": format!("{:?}", o.poll).to_lowercase()},
         "created": created_ok,
         "create_errors": *seen.create_errors.lock().unwrap_or_else(|p| p.into_inner()),
         "creates_per_second": created_ok as f64 / create_phase.as_secs_f64(),
@@ -368,7 +463,7 @@ fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck
     let per_gen_kb = report["rss_per_in_flight_bytes"].as_f64().unwrap_or(0.0) / 1024.0;
     let md = format!(
         "# Load test\n\n\
-         `cargo xtask loadtest --generations {g} --users {u} --latency-ms {l} --concurrency {c}`\n\n\
+         `cargo xtask loadtest --generations {g} --users {u} --latency-ms {l} --concurrency {c} --poll {poll}`\n\n\
          | figure | value | target |\n|---|---|---|\n\
          | generations created | {created} of {g} | |\n\
          | creates per second | {cps:.1} | |\n\
@@ -389,6 +484,7 @@ fn write_report(o: &Options, mut report: serde_json::Value, ledger: &LedgerCheck
         u = o.users,
         l = o.latency.as_millis(),
         c = o.concurrency,
+        poll = if o.poll == Poll::Backoff { "backoff" } else { "closed" },
         created = report["created"],
         cps = report["creates_per_second"].as_f64().unwrap_or(0.0),
         c50 = p("create_latency", "p50_ms"),
