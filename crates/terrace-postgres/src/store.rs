@@ -528,6 +528,9 @@ impl PgStore {
         limit: usize,
         which: Claimable,
     ) -> Result<Vec<Generation>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (sql, one) = match which {
             Claimable::Any => (claim_sql!("status IN ('pending', 'processing') AND $4::uuid IS NULL"), None),
@@ -704,9 +707,6 @@ impl GenerationStore for PgStore {
         ttl: Duration,
         limit: usize,
     ) -> Result<Vec<Generation>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         self.claim_where("claim", owner, ttl, limit, Claimable::Any).await
     }
 
@@ -716,9 +716,6 @@ impl GenerationStore for PgStore {
         ttl: Duration,
         limit: usize,
     ) -> Result<Vec<Generation>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         self.claim_where("claim_pending", owner, ttl, limit, Claimable::Pending).await
     }
 
