@@ -33,6 +33,9 @@
 //! the server is idle. Its TPS is the path's ceiling: what the server would
 //! reach if it cost nothing.
 //!
+//! The server runs with its own default pool unless `--pool` sets one; the
+//! report gives the pool it reported (`terrace_db_pool_max`).
+//!
 //! Writes `report.json`, `report.md` and the pgbench scripts under `--out`.
 
 use crate::cluster::{self, Proc, percentiles};
@@ -80,6 +83,9 @@ impl Kind {
 #[derive(Debug, Clone)]
 struct Options {
     connections: usize,
+    /// The server's pool size (`TERRACE_DB_POOL_SIZE`); the server's own
+    /// default if unset.
+    pool: Option<usize>,
     seconds: u64,
     warmup: u64,
     users: usize,
@@ -91,6 +97,7 @@ impl Options {
     fn parse(args: &[String]) -> Result<Self> {
         let mut o = Options {
             connections: 32,
+            pool: None,
             seconds: 20,
             warmup: 3,
             users: 1000,
@@ -102,6 +109,7 @@ impl Options {
             let value = it.next().with_context(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--connections" => o.connections = value.parse().context("--connections")?,
+                "--pool" => o.pool = Some(value.parse().context("--pool")?),
                 "--seconds" => o.seconds = value.parse().context("--seconds")?,
                 "--warmup" => o.warmup = value.parse().context("--warmup")?,
                 "--users" => o.users = value.parse().context("--users")?,
@@ -114,13 +122,16 @@ impl Options {
                     }
                 }
                 _ => bail!(
-                    "unknown flag {flag}: use --connections C --seconds T --warmup S --users U --out DIR \
-                     --only create|status"
+                    "unknown flag {flag}: use --connections C --pool P --seconds T --warmup S --users U \
+                     --out DIR --only create|status"
                 ),
             }
         }
         if o.connections == 0 || o.connections > 1000 {
             bail!("--connections must be 1..1000");
+        }
+        if o.pool.is_some_and(|p| p == 0 || p > 1000) {
+            bail!("--pool must be 1..1000");
         }
         if o.seconds == 0 {
             bail!("--seconds must be at least 1");
@@ -186,14 +197,12 @@ pub fn run(args: &[String]) -> Result<()> {
             "xtask: pg_stat_statements is not installed: round trips and statements will not be measured"
         );
     }
-    let pool = o.connections.to_string();
-    let env: Vec<(String, String)> = [
+    let mut env: Vec<(String, String)> = [
         ("DATABASE_URL", pg.url(DB)),
         ("TERRACE_ROLE", "api".to_owned()),
         ("TERRACE_BIND", "127.0.0.1:0".to_owned()),
         ("TERRACE_JWT_SECRET", cluster::JWT_SECRET.to_owned()),
         ("TERRACE_BLOB_URL", "memory://".to_owned()),
-        ("TERRACE_DB_POOL_SIZE", pool.clone()),
         // No generation may become overdue during the run: the sweep would
         // end it, and that work would land in a window.
         ("TERRACE_GENERATION_TIMEOUT", "2h".to_owned()),
@@ -206,6 +215,9 @@ pub fn run(args: &[String]) -> Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some(pool) = o.pool {
+        env.push(("TERRACE_DB_POOL_SIZE".to_owned(), pool.to_string()));
+    }
     // Neither Google key is set: the server runs its in-process simulator,
     // which an api-only instance never calls.
     cluster::migrate(&bin, &env)?;
@@ -245,6 +257,13 @@ pub fn run(args: &[String]) -> Result<()> {
         "postgres_data_filesystem": filesystem(&pg.dir),
     });
 
+    // The pool the server runs with, as it reports it.
+    let pool = bench
+        .rt
+        .block_on(async { bench.http.get(format!("{}/metrics", bench.base)).send().await?.text().await })
+        .ok()
+        .and_then(|page| cluster::metric(&page, "terrace_db_pool_max"))
+        .map(|v| v as u64);
     bench.grant_all()?;
     let mut paths = serde_json::Map::new();
     for path in &o.paths {
@@ -255,8 +274,8 @@ pub fn run(args: &[String]) -> Result<()> {
     machine["load_average_end"] = json!(loadavg());
     let report = json!({
         "options": {
-            "connections": o.connections, "seconds": o.seconds, "warmup_seconds": o.warmup,
-            "users": o.users, "server_pool_size": o.connections,
+            "connections": o.connections, "pool": o.pool, "seconds": o.seconds, "warmup_seconds": o.warmup,
+            "users": o.users, "server_pool_size": pool,
         },
         "machine": machine,
         "postgres": {
@@ -1984,8 +2003,8 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
     let f = |v: &Value, digits: usize| v.as_f64().map_or("–".to_owned(), |x| format!("{x:.digits$}"));
     let m = &report["machine"];
     let mut md = format!(
-        "# Bench\n\n`cargo xtask bench --connections {c} --seconds {t} --warmup {w} --users {u}`\n\n\
-         One `terrace serve` (`TERRACE_ROLE=api`, pool of {c}) on a durable Postgres {pv} \
+        "# Bench\n\n`cargo xtask bench --connections {c}{pool_flag} --seconds {t} --warmup {w} --users {u}`\n\n\
+         One `terrace serve` (`TERRACE_ROLE=api`, pool of {pool}) on a durable Postgres {pv} \
          (fsync and synchronous_commit on, data on {fs}); {c} keep-alive HTTP/1.1 connections.\n\n\
          CPUs: {online} online, {allowed:?} allowed; pinning: {pin}. Load average (1, 5, 15 min) before the \
          build {lb}, at the start {ls}, at the end {le}.\n\n\
@@ -1993,6 +2012,13 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
          others on the 2 CPUs | statements / round trips per request | ceiling TPS | throughput/ceiling |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         c = o.connections,
+        pool_flag = o.pool.map(|p| format!(" --pool {p}")).unwrap_or_default(),
+        pool = match (&report["options"]["server_pool_size"], o.pool) {
+            (v, None) if v.is_u64() => format!("{v}, the server's default"),
+            (v, _) if v.is_u64() => v.to_string(),
+            (_, Some(p)) => p.to_string(),
+            _ => "the server's default".to_owned(),
+        },
         t = o.seconds,
         w = o.warmup,
         u = o.users,
