@@ -29,30 +29,41 @@ async fn footprint(s: &tokio_postgres::Client, user: UserId) -> (i64, i64, i64, 
     (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
 }
 
+/// A store on one pooled connection: a call after a failed one must find
+/// that connection clean.
+async fn one_connection_store(db: &TestDb) -> terrace_postgres::PgStore {
+    let mut p = policies();
+    p.db.pool_size = 1;
+    db.store(&p).await
+}
+
+/// Makes every insert into `table` for which `when` holds fail, until
+/// `DROP TRIGGER refuse ON <table>`.
+async fn refuse_inserts(s: &tokio_postgres::Client, table: &str, when: &str) {
+    s.batch_execute(&format!(
+        "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF {when} THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'XX000'; END IF;
+         RETURN NEW; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+    ))
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_write_fails_with_its_commit_keeps_nothing() {
     let db = TestDb::create().await;
-    let mut p = policies();
-    // One connection: the create after the failure must find it clean.
-    p.db.pool_size = 1;
-    let store = db.store(&p).await;
+    let store = one_connection_store(&db).await;
     let user = UserId::new_random();
     store.open_account(user, 3).await.unwrap();
     let s = session(&db.url).await;
     let before = footprint(&s, user).await;
-    s.batch_execute(
-        "CREATE FUNCTION refuse_areas() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN RAISE EXCEPTION 'no areas today' USING ERRCODE = 'XX000'; END $$;
-         CREATE TRIGGER refuse_areas BEFORE INSERT ON generation_areas
-             FOR EACH ROW EXECUTE FUNCTION refuse_areas();",
-    )
-    .await
-    .unwrap();
+    refuse_inserts(&s, "generation_areas", "true").await;
     let refused = store.create(new_generation(user, &[AreaKind::Patio], LONG, 3), None).await;
     assert!(matches!(refused, Err(CreateError::Store(_))), "the failed write is the answer: {refused:?}");
     assert_eq!(footprint(&s, user).await, before, "nothing of the failed create was kept");
 
-    s.batch_execute("DROP TRIGGER refuse_areas ON generation_areas").await.unwrap();
+    s.batch_execute("DROP TRIGGER refuse ON generation_areas").await.unwrap();
     let CreateOutcome::Created(g) =
         store.create(new_generation(user, &[AreaKind::Patio], LONG, 3), None).await.unwrap()
     else {
@@ -68,9 +79,7 @@ async fn a_create_whose_write_fails_with_its_commit_keeps_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_write_that_fails_with_its_commit_keeps_nothing() {
     let db = TestDb::create().await;
-    let mut p = policies();
-    p.db.pool_size = 1;
-    let store = db.store(&p).await;
+    let store = one_connection_store(&db).await;
     let user = UserId::new_random();
     let CreateOutcome::Created(g) =
         store.create(new_generation(user, &[AreaKind::Patio], LONG, 3), None).await.unwrap()
@@ -83,21 +92,13 @@ async fn a_worker_write_that_fails_with_its_commit_keeps_nothing() {
     let s = session(&db.url).await;
     // The capture's ledger entry fails: the area's completion, sent in the
     // same round trip, must not stay.
-    s.batch_execute(
-        "CREATE FUNCTION refuse_captures() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.kind = 'capture' THEN RAISE EXCEPTION 'no captures today' USING ERRCODE = 'XX000'; END IF;
-         RETURN NEW; END $$;
-         CREATE TRIGGER refuse_captures BEFORE INSERT ON ledger_entries
-             FOR EACH ROW EXECUTE FUNCTION refuse_captures();",
-    )
-    .await
-    .unwrap();
+    refuse_inserts(&s, "ledger_entries", "NEW.kind = 'capture'").await;
     let failed = store.complete_area(&lease, AreaKind::Patio, "images/patio.png").await;
     assert!(failed.is_err(), "the failed capture is the answer: {failed:?}");
     let area = store.get(g.id).await.unwrap().unwrap().areas[0].clone();
     assert_eq!((area.status.as_str(), area.hold, area.image_key), ("pending", HoldState::Held, None));
 
-    s.batch_execute("DROP TRIGGER refuse_captures ON ledger_entries").await.unwrap();
+    s.batch_execute("DROP TRIGGER refuse ON ledger_entries").await.unwrap();
     let resolved = store.complete_area(&lease, AreaKind::Patio, "images/patio.png").await.unwrap();
     assert_eq!(resolved.len(), 1, "the retry captures once");
     let area = store.get(g.id).await.unwrap().unwrap().areas[0].clone();
