@@ -260,8 +260,11 @@ pub fn run(args: &[String]) -> Result<()> {
     // The pool the server runs with, as it reports it.
     let pool = bench
         .rt
-        .block_on(async { bench.http.get(format!("{}/metrics", bench.base)).send().await?.text().await })
+        .block_on(tokio::time::timeout(Duration::from_secs(5), async {
+            bench.http.get(format!("{}/metrics", bench.base)).send().await?.text().await
+        }))
         .ok()
+        .and_then(Result::ok)
         .and_then(|page| cluster::metric(&page, "terrace_db_pool_max"))
         .map(|v| v as u64);
     bench.grant_all()?;
