@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pending_index",
         sql: include_str!("../../../migrations/0004_pending_index.sql"),
     },
+    Migration {
+        version: 5,
+        name: "worker_leases",
+        sql: include_str!("../../../migrations/0005_worker_leases.sql"),
+    },
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises migration runs.

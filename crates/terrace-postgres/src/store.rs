@@ -450,27 +450,45 @@ enum Claimable {
     One(GenerationId),
 }
 
+/// Whether the lease of the generation `g` has lapsed (or there is none):
+/// its own expiry passed, or its owner's heartbeat (migration 0005) did.
+/// An owner with no row is one of the release before per-worker leases,
+/// which renews each generation's expiry itself.
+macro_rules! lease_lapsed {
+    () => {
+        "(g.lease_owner IS NULL OR g.lease_expires_at <= now()
+          OR EXISTS (SELECT 1 FROM workers w WHERE w.owner = g.lease_owner AND w.expires_at <= now()))"
+    };
+}
+
 /// The claim of the generations `$which` admits (and `$4`, the one named or
-/// NULL): those not leased or whose lease expired, not past their deadline,
-/// oldest first, skipping rows other transactions hold locked; each gets
-/// its attempt raised, the lease, and `processing`.
+/// NULL): those whose lease lapsed, not past their deadline, oldest first,
+/// skipping rows other transactions hold locked; each gets its attempt
+/// raised, the lease, and `processing`. The lease's own expiry is the
+/// deadline plus one TTL; the owner's row, renewed here when anything is
+/// claimed, says until when the owner is alive.
 macro_rules! claim_sql {
     ($which:literal) => {
         concat!(
             "WITH picked AS (
-                 SELECT id FROM generations
+                 SELECT g.id FROM generations g
                  WHERE ",
             $which,
+            " AND ",
+            lease_lapsed!(),
             "
-                   AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-                   AND deadline_at > now()
-                 ORDER BY seq
+                   AND g.deadline_at > now()
+                 ORDER BY g.seq
                  LIMIT $3
-                 FOR UPDATE SKIP LOCKED)
+                 FOR UPDATE OF g SKIP LOCKED),
+             alive AS (
+                 INSERT INTO workers (owner, expires_at)
+                 SELECT $1, now() + make_interval(secs => $2) WHERE EXISTS (SELECT 1 FROM picked)
+                 ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at)
              UPDATE generations g
                 SET attempt = g.attempt + 1,
                     lease_owner = $1,
-                    lease_expires_at = LEAST(now(), g.deadline_at) + make_interval(secs => $2),
+                    lease_expires_at = g.deadline_at + make_interval(secs => $2),
                     status = 'processing',
                     started_at = COALESCE(g.started_at, now())
                FROM picked WHERE g.id = picked.id
@@ -533,9 +551,13 @@ impl PgStore {
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (sql, one) = match which {
-            Claimable::Any => (claim_sql!("status IN ('pending', 'processing') AND $4::uuid IS NULL"), None),
-            Claimable::Pending => (claim_sql!("status = 'pending' AND $4::uuid IS NULL"), None),
-            Claimable::One(id) => (claim_sql!("status IN ('pending', 'processing') AND id = $4"), Some(id.0)),
+            Claimable::Any => {
+                (claim_sql!("g.status IN ('pending', 'processing') AND $4::uuid IS NULL"), None)
+            }
+            Claimable::Pending => (claim_sql!("g.status = 'pending' AND $4::uuid IS NULL"), None),
+            Claimable::One(id) => {
+                (claim_sql!("g.status IN ('pending', 'processing') AND g.id = $4"), Some(id.0))
+            }
         };
         // Two round trips: BEGIN and the claim; the read of what was
         // claimed, COMMIT and the announcement.
@@ -731,15 +753,25 @@ impl GenerationStore for PgStore {
     async fn heartbeat(&self, owner: &WorkerId, ttl: Duration) -> Result<Vec<LeaseState>, StoreError> {
         self.db()
             .run("heartbeat", async |c| {
-                // One statement for every lease the owner holds. A lease never
-                // reaches past the deadline by more than one TTL, so a stuck
-                // worker cannot keep overdue work (and its holds) forever.
+                // One statement for every lease the owner holds: it renews the
+                // owner's one row and reads which generations it holds, so no
+                // generation row is written or locked. Each lease's own
+                // expiry (the deadline plus one TTL) is not renewed, so a
+                // stuck worker cannot keep overdue work (and its holds)
+                // forever. Rows of owners gone an hour that hold nothing are
+                // dropped on the way.
                 let rows = c
                     .query_cached(
-                        "UPDATE generations
-                            SET lease_expires_at = LEAST(now(), deadline_at) + make_interval(secs => $2)
-                          WHERE lease_owner = $1 AND status IN ('pending', 'processing')
-                      RETURNING id, attempt, cancel_requested",
+                        "WITH alive AS (
+                             INSERT INTO workers (owner, expires_at)
+                             VALUES ($1, now() + make_interval(secs => $2))
+                             ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at),
+                         gone AS (
+                             DELETE FROM workers w
+                              WHERE w.expires_at < now() - interval '1 hour' AND w.owner <> $1
+                                AND NOT EXISTS (SELECT 1 FROM generations g WHERE g.lease_owner = w.owner))
+                         SELECT id, attempt, cancel_requested FROM generations
+                          WHERE lease_owner = $1 AND status IN ('pending', 'processing')",
                         &[&owner.0, &secs(ttl)],
                     )
                     .await
@@ -869,12 +901,16 @@ impl GenerationStore for PgStore {
                 // read and the time; the writes, COMMIT and the announcement.
                 transaction!(&*c, |tx| {
                     let pick = Batch::of(
-                        "SELECT id FROM generations
-                          WHERE status IN ('pending', 'processing') AND deadline_at <= now()
-                            AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-                          ORDER BY deadline_at
-                          LIMIT $1
-                          FOR UPDATE SKIP LOCKED",
+                        concat!(
+                            "SELECT g.id FROM generations g
+                              WHERE g.status IN ('pending', 'processing') AND g.deadline_at <= now()
+                                AND ",
+                            lease_lapsed!(),
+                            "
+                              ORDER BY g.deadline_at
+                              LIMIT $1
+                              FOR UPDATE OF g SKIP LOCKED"
+                        ),
                         vec![p(limit)],
                     );
                     let rows = all_ok(tx.begin_with(&pick).await.map_err(map_err)?).map_err(map_err)?;

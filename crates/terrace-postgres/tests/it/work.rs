@@ -26,6 +26,15 @@ async fn ten_thousand_leases_are_claimed_and_renewed_in_one_call_each() {
     let claimed = store.claim(&owner, ttl, 10_000).await.unwrap();
     let claim_took = started.elapsed();
     assert_eq!(claimed.len(), 10_000);
+    let versions = async || -> Vec<(uuid::Uuid, String)> {
+        s.query("SELECT id, xmin::text FROM generations ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let claimed_versions = versions().await;
     let started = Instant::now();
     let leases = store.heartbeat(&owner, ttl).await.unwrap();
     let beat_took = started.elapsed();
@@ -34,15 +43,17 @@ async fn ten_thousand_leases_are_claimed_and_renewed_in_one_call_each() {
     // One statement each: well inside one heartbeat interval on this machine.
     assert!(beat_took < Duration::from_secs(2), "heartbeat took {beat_took:?}");
     assert!(claim_took < Duration::from_secs(5), "claim took {claim_took:?}");
-    let expiries: i64 = s
+    // The heartbeat renewed the owner's one row and wrote no generation.
+    let alive: i64 = s
         .query_one(
-            "SELECT count(*) FROM generations WHERE lease_expires_at > now() + interval '20 seconds'",
-            &[],
+            "SELECT count(*) FROM workers WHERE owner = $1 AND expires_at > now() + interval '20 seconds'",
+            &[&owner.0],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(expiries, 10_000, "every lease was renewed");
+    assert_eq!(alive, 1, "the owner's lease was renewed");
+    assert_eq!(versions().await, claimed_versions, "no generation row was rewritten by the heartbeat");
     store.close().await;
     db.drop_now().await;
 }
@@ -78,6 +89,76 @@ async fn a_worker_heartbeating_past_its_deadline_loses_the_work_within_one_ttl()
     assert_eq!(done.status, GenerationStatus::Failed);
     assert_eq!(done.areas[0].hold, HoldState::Voided);
     assert!(store.heartbeat(&owner, ttl).await.unwrap().is_empty());
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lapses_with_its_owners_heartbeat_and_an_owner_without_a_row_keeps_its_own_expiry() {
+    use terrace_conformance::new_generation;
+    use terrace_domain::{AreaKind, UserId};
+    let db = TestDb::create().await;
+    let store = db.store(&policies()).await;
+    let s = session(&db.url).await;
+    let user = UserId::new_random();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created =
+            store.create(new_generation(user, &[AreaKind::Patio], Duration::from_secs(600), 2), None);
+        let terrace_ports::CreateOutcome::Created(g) = created.await.unwrap() else { panic!("created") };
+        ids.push(g.id);
+    }
+    let (held_by_previous_release, held_by_lapsed) = (ids[0].0, ids[1].0);
+    // One generation leased the way the release before per-worker leases
+    // leases (no row in `workers`, its own expiry renewed); one leased by an
+    // owner whose heartbeat lapsed two hours ago; and an owner gone as long
+    // that holds nothing.
+    s.execute(
+        "UPDATE generations SET status = 'processing', attempt = 1, lease_expires_at = now() + interval '1 hour',
+                lease_owner = CASE WHEN id = $1 THEN 'previous-release' ELSE 'lapsed' END
+          WHERE id = $1 OR id = $2",
+        &[&held_by_previous_release, &held_by_lapsed],
+    )
+    .await
+    .unwrap();
+    s.batch_execute(
+        "INSERT INTO workers (owner, expires_at) VALUES ('lapsed', now() - interval '2 hours'),
+                                                        ('gone', now() - interval '2 hours')",
+    )
+    .await
+    .unwrap();
+    let next = WorkerId("next".into());
+    let ttl = Duration::from_secs(30);
+    assert!(store.heartbeat(&next, ttl).await.unwrap().is_empty(), "the new owner holds nothing yet");
+    let owners: Vec<String> = s
+        .query("SELECT owner FROM workers ORDER BY owner", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        owners,
+        ["lapsed", "next"],
+        "a long-gone owner holding nothing is dropped, one holding work is kept"
+    );
+    let taken = store.claim(&next, ttl, 10).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|g| g.id.0).collect::<Vec<_>>(),
+        [held_by_lapsed],
+        "only the lapsed owner's work"
+    );
+    s.execute(
+        "UPDATE generations SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+        &[&held_by_previous_release],
+    )
+    .await
+    .unwrap();
+    let taken = store.claim(&next, ttl, 10).await.unwrap();
+    assert_eq!(taken.iter().map(|g| g.id.0).collect::<Vec<_>>(), [held_by_previous_release]);
+    let leases = store.heartbeat(&next, ttl).await.unwrap();
+    assert_eq!(leases.len(), 2);
+    assert!(leases.iter().all(|l| l.attempt == 2), "{leases:?}");
     store.close().await;
     db.drop_now().await;
 }
