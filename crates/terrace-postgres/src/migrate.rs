@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "worker_leases",
         sql: include_str!("../../../migrations/0005_worker_leases.sql"),
     },
+    Migration {
+        version: 6,
+        name: "unfinished_by_deadline",
+        sql: include_str!("../../../migrations/0006_unfinished_by_deadline.sql"),
+    },
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises migration runs.

@@ -977,7 +977,7 @@ impl GenerationStore for PgStore {
                         "SELECT (SELECT COALESCE(sum(held), 0)::bigint FROM accounts),
                                 (SELECT count(*) FROM generations
                                   WHERE status IN ('pending', 'processing')
-                                    AND deadline_at + make_interval(secs => $1) < now())",
+                                    AND deadline_at < now() - make_interval(secs => $1))",
                         &[&secs(lease_ttl)],
                     )
                     .await
