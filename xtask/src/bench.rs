@@ -33,6 +33,14 @@
 //! the server is idle. Its TPS is the path's ceiling: what the server would
 //! reach if it cost nothing.
 //!
+//! **The Python stack's create.** After the create's ceiling, a create as
+//! the Python service Terrace replaced sends it — eight round trips of one
+//! statement each: `BEGIN`, the account's lock (`FOR UPDATE NOWAIT`), its
+//! balance, the generation, its area and the hold's ledger entry inserted
+//! one by one, the generation read back, `COMMIT` — is replayed by pgbench
+//! the same way, on this schema (so the same constraints and indexes check
+//! it), as a reference measured in the same window.
+//!
 //! The server runs with its own default pool unless `--pool` sets one; the
 //! report gives the pool it reported (`terrace_db_pool_max`).
 //!
@@ -258,11 +266,13 @@ pub fn run(args: &[String]) -> Result<()> {
     });
 
     // The pool the server runs with, as it reports it.
+    // (The timeout is made inside the runtime: its timer needs one.)
     let pool = bench
         .rt
-        .block_on(tokio::time::timeout(Duration::from_secs(5), async {
-            bench.http.get(format!("{}/metrics", bench.base)).send().await?.text().await
-        }))
+        .block_on(async {
+            let page = async { bench.http.get(format!("{}/metrics", bench.base)).send().await?.text().await };
+            tokio::time::timeout(Duration::from_secs(5), page).await
+        })
         .ok()
         .and_then(Result::ok)
         .and_then(|page| cluster::metric(&page, "terrace_db_pool_max"))
@@ -1268,6 +1278,17 @@ impl Bench<'_> {
             report["throughput_over_ceiling"] = json!(report["ok_per_second"].as_f64().unwrap_or(0.0) / tps);
         }
         report["ceiling"] = ceiling;
+        if path == Kind::Create {
+            eprintln!("xtask: create: the Python stack's create, replayed with pgbench");
+            report["python_shape"] = self.python_shape().unwrap_or_else(|e| {
+                eprintln!("xtask: create: no replay of the Python stack's create: {e:#}");
+                json!({"error": format!("{e:#}")})
+            });
+            if let Some(tps) = report["python_shape"]["tps"].as_f64() {
+                report["throughput_over_python_shape"] =
+                    json!(report["ok_per_second"].as_f64().unwrap_or(0.0) / tps);
+            }
+        }
         Ok(report)
     }
 
@@ -1514,20 +1535,87 @@ impl Bench<'_> {
                 ));
             }
         }
-        // One transaction first: a replay that fails must say why, not
-        // report a figure.
-        let defines: Vec<String> =
-            vars.iter().flat_map(|(k, v)| ["-D".to_owned(), format!("{k}={v}")]).collect();
         std::fs::write(
             dir.join(format!("{}.vars", path.name())),
             vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>(),
         )?;
+        let mut r = self.replay(path.name(), &scripts, &vars)?;
+        // (pg_stat_statements is no check here: it counts a prepared BEGIN,
+        // SET or COMMIT once per connection.)
+        r["statements_per_transaction"] = json!(c.sequence.len());
+        r["round_trips_per_transaction"] = json!(round_trips(&c.sequence).len());
+        r["command"] = json!(format!(
+            "pgbench -M prepared -c {} -j 1 -T {} -n -D … ({} values, in pgbench/{}.vars) {}",
+            self.o.connections,
+            self.o.seconds,
+            vars.len(),
+            path.name(),
+            if scripts.len() > 2 {
+                format!("-f pgbench/{}-{{0..{}}}.sql", path.name(), scripts.len() - 1)
+            } else {
+                scripts
+                    .iter()
+                    .map(|s| format!("-f pgbench/{}", s.file_name().unwrap_or_default().to_string_lossy()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        ));
+        r["approximations"] = json!(notes);
+        Ok(r)
+    }
+
+    /// A create as the Python stack that Terrace replaced sends it, replayed
+    /// by pgbench on Terrace's schema in the same window: eight round trips
+    /// of one statement each (`BEGIN`; the account's row lock, `FOR UPDATE
+    /// NOWAIT`; its balance written; the generation, its area and the
+    /// hold's ledger entry inserted one by one; the generation read back;
+    /// `COMMIT`), every statement prepared. The same tables, constraints
+    /// and indexes check it as check Terrace's own create.
+    fn python_shape(&self) -> Result<Value> {
+        let users = self.o.users;
+        let clients = self.o.connections;
+        let u = if users >= clients {
+            format!(":client_id + {clients} * random(0, {})", users / clients - 1)
+        } else {
+            format!(":client_id % {users}")
+        };
+        let g = "md5(:r::text)::uuid";
+        let script = format!(
+            "\\set r random(1, 9000000000000000000)\n\\set u {u}\n\
+             BEGIN;\n\
+             SELECT trial_credits, token_balance, held FROM accounts WHERE user_id = {USER_SQL}::uuid FOR UPDATE NOWAIT;\n\
+             UPDATE accounts SET token_balance = token_balance - 1, held = held + 1, updated_at = now() WHERE user_id = {USER_SQL}::uuid;\n\
+             INSERT INTO generations (id, user_id, request_id, status, address, deadline_at) VALUES ({g}, {USER_SQL}::uuid, 'python-' || :r::text, 'pending', '1600 Amphitheatre Parkway, Mountain View, CA', now() + interval '5 minutes');\n\
+             INSERT INTO generation_areas (generation_id, position, area, style, preservation_strength, status, stage, hold_source, hold_state) VALUES ({g}, 0, 'backyard', 'modern_minimalist', 0.6, 'pending', 'queued', 'token', 'held');\n\
+             INSERT INTO ledger_entries (user_id, kind, amount, source, generation_id, area) VALUES ({USER_SQL}::uuid, 'hold', 1, 'token', {g}, 'backyard');\n\
+             SELECT * FROM generations WHERE id = {g};\n\
+             COMMIT;\n"
+        );
+        let file = std::path::absolute(self.o.out.join("pgbench").join("python-create.sql"))?;
+        std::fs::write(&file, script)?;
+        let mut r = self.replay("python-create", &[file], &[])?;
+        r["statements_per_transaction"] = json!(8);
+        r["round_trips_per_transaction"] = json!(8);
+        r["command"] = json!(format!(
+            "pgbench -M prepared -c {clients} -j 1 -T {} -n -f pgbench/python-create.sql",
+            self.o.seconds
+        ));
+        Ok(r)
+    }
+
+    /// Runs `scripts` with pgbench on the path's connection count: one
+    /// transaction first (a replay that fails must say why, not report a
+    /// figure), the warm-up, then the measured seconds, with each process's
+    /// CPU. The output is kept as `pgbench/<name>.out`.
+    fn replay(&self, name: &str, scripts: &[PathBuf], vars: &[(String, String)]) -> Result<Value> {
+        let defines: Vec<String> =
+            vars.iter().flat_map(|(k, v)| ["-D".to_owned(), format!("{k}={v}")]).collect();
         let args = |limit: &str, n: u64| {
             let mut a = defines.clone();
             a.extend([limit.to_owned(), n.to_string()]);
             a
         };
-        let trial = self.pgbench(&scripts, 1, &args("-t", 1), Duration::from_secs(60))?;
+        let trial = self.pgbench(scripts, 1, &args("-t", 1), Duration::from_secs(60))?;
         let trial_err = String::from_utf8_lossy(&trial.stderr);
         if !trial.status.success() || trial_err.contains("aborted") {
             bail!("the replay fails on its first transaction: {}", first_lines(&trial_err, 4));
@@ -1535,18 +1623,19 @@ impl Bench<'_> {
         let clients = self.o.connections;
         if self.o.warmup > 0 {
             let t = Duration::from_secs(self.o.warmup);
-            self.pgbench(&scripts, clients, &args("-T", self.o.warmup), t + Duration::from_secs(120))?;
+            self.pgbench(scripts, clients, &args("-T", self.o.warmup), t + Duration::from_secs(120))?;
         }
         let cpu0 = self.cpu();
         let t0 = Instant::now();
         let bound = Duration::from_secs(self.o.seconds) + Duration::from_secs(120);
-        let out = self.pgbench(&scripts, clients, &args("-T", self.o.seconds), bound)?;
+        let out = self.pgbench(scripts, clients, &args("-T", self.o.seconds), bound)?;
         let wall = t0.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(300));
         let cpu1 = self.cpu();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::fs::write(dir.join(format!("{}.out", path.name())), format!("{stdout}\n{stderr}"))?;
+        let dir = self.o.out.join("pgbench");
+        std::fs::write(dir.join(format!("{name}.out")), format!("{stdout}\n{stderr}"))?;
         if !out.status.success() || stderr.contains("aborted") {
             bail!("pgbench failed ({}): {}", out.status, first_lines(&stderr, 4));
         }
@@ -1567,10 +1656,6 @@ impl Bench<'_> {
             "transactions": transactions,
             "latency_average_ms": field("latency average = "),
             "failed_transactions": field("number of failed transactions: "),
-            // (pg_stat_statements is no check here: it counts a prepared
-            // BEGIN, SET or COMMIT once per connection.)
-            "statements_per_transaction": c.sequence.len(),
-            "round_trips_per_transaction": round_trips(&c.sequence).len(),
             "cpu": {
                 "postgres_seconds": postgres,
                 "postgres_percent": 100.0 * postgres / wall,
@@ -1583,13 +1668,6 @@ impl Bench<'_> {
                 "pgbench_ms_per_transaction": if transactions > 0.0 { 1000.0 * pgbench_cpu / transactions } else { 0.0 },
             },
             "contention": self.contention(&cpu0, &cpu1, wall, true),
-            "command": format!("pgbench -M prepared -c {clients} -j 1 -T {} -n -D … ({} values, in pgbench/{}.vars) {}", self.o.seconds, vars.len(), path.name(),
-                if scripts.len() > 2 {
-                    format!("-f pgbench/{}-{{0..{}}}.sql", path.name(), scripts.len() - 1)
-                } else {
-                    scripts.iter().map(|s| format!("-f pgbench/{}", s.file_name().unwrap_or_default().to_string_lossy())).collect::<Vec<_>>().join(" ")
-                }),
-            "approximations": notes,
         }))
     }
 }
@@ -2139,6 +2217,23 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
             for n in ceiling["approximations"].as_array().into_iter().flatten() {
                 md.push_str(&format!("- {}\n", n.as_str().unwrap_or("")));
             }
+        }
+        let py = &p["python_shape"];
+        if let Some(e) = py["error"].as_str() {
+            md.push_str(&format!("\nNo replay of the Python stack's create: {e}\n"));
+        } else if py.is_object() {
+            md.push_str(&format!(
+                "\nThe Python stack's create (eight round trips of one statement each, on this schema), in the \
+                 same window: `{}`: {} TPS, latency average {} ms, Postgres CPU {} % ({} ms per transaction). \
+                 Throughput/that replay: {}.\n\n{}",
+                py["command"].as_str().unwrap_or(""),
+                f(&py["tps"], 0),
+                f(&py["latency_average_ms"], 2),
+                f(&py["cpu"]["postgres_percent"], 0),
+                f(&py["cpu"]["postgres_ms_per_transaction"], 3),
+                f(&p["throughput_over_python_shape"], 2),
+                contention_line(&py["contention"]),
+            ));
         }
     }
     std::fs::write(o.out.join("report.md"), &md)?;
