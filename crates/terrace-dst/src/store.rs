@@ -312,6 +312,10 @@ impl GenerationStore for FaultyStore {
         .await
     }
 
+    async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError> {
+        self.call("forget_expired_keys", || at_once(self.shared.store.forget_expired_keys(limit))).await
+    }
+
     fn notifications(&self) -> BoxStream<'static, Notification> {
         // A storm drops the listener's connection now and then: the stream
         // ends after a few notifications.

@@ -21,14 +21,38 @@ use tokio::time::{MissedTickBehavior, interval, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Ends overdue work once: every generation still `pending` or `processing`
-/// past its deadline whose lease (if any) has run out ends `failed`
-/// (`deadline_exceeded`), its holds voided.
+/// Idempotency keys forgotten per store call, and calls per sweep at most:
+/// ten thousand keys per sweep interval per instance.
+const KEY_BATCH: usize = 1000;
+const KEY_BATCHES: usize = 10;
+
+/// Sweeps once. Ends overdue work: every generation still `pending` or
+/// `processing` past its deadline whose lease (if any) has run out ends
+/// `failed` (`deadline_exceeded`), its holds voided. Then forgets the
+/// idempotency keys whose window has ended, in bounded batches.
 async fn sweep_once(store: &dyn GenerationStore, call_limit: Duration, batch: usize) {
     match bounded(call_limit, "end_overdue", store.end_overdue(batch)).await {
         Ok(ended) if !ended.is_empty() => info!(count = ended.len(), "ended overdue generations"),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "sweep failed"),
+    }
+    let mut forgotten = 0;
+    for _ in 0..KEY_BATCHES {
+        match bounded(call_limit, "forget_expired_keys", store.forget_expired_keys(KEY_BATCH)).await {
+            Ok(n) => {
+                forgotten += n;
+                if n < KEY_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "forgetting expired idempotency keys failed");
+                break;
+            }
+        }
+    }
+    if forgotten > 0 {
+        debug!(count = forgotten, "forgot expired idempotency keys");
     }
 }
 

@@ -630,6 +630,23 @@ impl GenerationStore for MemoryStore {
         Ok(overdue)
     }
 
+    async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let mut expired: Vec<(DateTime<Utc>, (UserId, String))> = s
+            .idempotency
+            .iter()
+            .filter(|(_, k)| k.expires_at <= now)
+            .map(|(id, k)| (k.expires_at, id.clone()))
+            .collect();
+        expired.sort_by_key(|(at, _)| *at);
+        expired.truncate(limit);
+        for (_, id) in &expired {
+            s.idempotency.remove(id);
+        }
+        Ok(expired.len())
+    }
+
     fn notifications(&self) -> BoxStream<'static, Notification> {
         BroadcastStream::new(self.events.subscribe()).filter_map(|n| async move { n.ok() }).boxed()
     }

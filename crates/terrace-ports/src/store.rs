@@ -289,6 +289,12 @@ pub trait GenerationStore: Send + Sync + 'static {
     /// their ids. Any instance may run it.
     async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError>;
 
+    /// Deletes up to `limit` idempotency keys whose window has ended, oldest
+    /// first, and returns how many. An expired key never replays (its next
+    /// use starts afresh), so this changes no answer; it keeps the keys
+    /// stored bounded by one window of requests. Any instance may run it.
+    async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError>;
+
     /// Changes, best effort. The stream lives as long as the store.
     fn notifications(&self) -> BoxStream<'static, Notification>;
 

@@ -956,6 +956,30 @@ impl GenerationStore for PgStore {
         Ok(ids)
     }
 
+    async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db()
+            .run("forget_expired_keys", async |c| {
+                // Oldest first, through idempotency_keys_expiry; a key that a
+                // create is taking over right now is skipped, not waited for.
+                let forgotten = c
+                    .execute_cached(
+                        "DELETE FROM idempotency_keys k
+                          USING (SELECT user_id, key FROM idempotency_keys
+                                  WHERE expires_at <= now()
+                                  ORDER BY expires_at
+                                  LIMIT $1
+                                  FOR UPDATE SKIP LOCKED) expired
+                          WHERE k.user_id = expired.user_id AND k.key = expired.key",
+                        &[&limit],
+                    )
+                    .await
+                    .map_err(map_err)?;
+                usize::try_from(forgotten).map_err(corrupt)
+            })
+            .await
+    }
+
     fn notifications(&self) -> BoxStream<'static, Notification> {
         self.subscribe()
     }

@@ -137,6 +137,10 @@ impl GenerationStore for Stall {
         self.gate().await;
         self.inner.end_overdue(limit).await
     }
+    async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError> {
+        self.gate().await;
+        self.inner.forget_expired_keys(limit).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.gate().await;
         self.inner.ping().await

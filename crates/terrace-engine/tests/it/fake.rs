@@ -287,6 +287,16 @@ impl World {
 
     /// Creates a generation for a new user with `credits` trial credits.
     pub async fn create(&self, areas: &[&str], credits: u64) -> (UserId, GenerationId) {
+        self.create_with_key(areas, credits, None).await
+    }
+
+    /// As [`World::create`], under an idempotency key.
+    pub async fn create_with_key(
+        &self,
+        areas: &[&str],
+        credits: u64,
+        key: Option<terrace_ports::IdempotencyClaim>,
+    ) -> (UserId, GenerationId) {
         use terrace_ports::{CreateOutcome, GenerationStore};
         let raw = RawGenerationRequest {
             address: "12 Garden Lane".into(),
@@ -309,7 +319,7 @@ impl World {
             deadline: policies().generation_timeout,
             trial_credits: credits,
         };
-        match self.store.create(new, None).await.expect("created") {
+        match self.store.create(new, key).await.expect("created") {
             CreateOutcome::Created(g) => (user, g.id),
             other => panic!("unexpected {other:?}"),
         }
@@ -339,6 +349,8 @@ impl World {
 pub struct HangingSweeps {
     pub store: MemoryStore,
     pub sweeps: AtomicU32,
+    /// Idempotency keys the store forgot when asked through this wrapper.
+    pub forgotten: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -429,6 +441,11 @@ impl terrace_ports::GenerationStore for HangingSweeps {
     async fn end_overdue(&self, _: usize) -> Result<Vec<GenerationId>, StoreError> {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
         futures::future::pending().await
+    }
+    async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError> {
+        let n = self.store.forget_expired_keys(limit).await?;
+        self.forgotten.fetch_add(n, Ordering::SeqCst);
+        Ok(n)
     }
     fn notifications(&self) -> futures::stream::BoxStream<'static, terrace_ports::Notification> {
         self.store.notifications()

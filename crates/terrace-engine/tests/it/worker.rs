@@ -244,13 +244,43 @@ async fn shutdown_waits_no_longer_than_its_grace_even_for_a_task_that_ignores_it
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_says_it_drained_only_once_its_sweeper_has_too() {
     let world = World::new(FakeGoogle::new());
-    let store = Arc::new(HangingSweeps { store: world.store.clone(), sweeps: Default::default() });
+    let store = Arc::new(HangingSweeps {
+        store: world.store.clone(),
+        sweeps: Default::default(),
+        forgotten: Default::default(),
+    });
     let ports = terrace_engine::Ports { store: store.clone(), ..world.ports.clone() };
     let e = Engine::start(ports, policies(), WorkerId("a".into()));
     wait_until(Duration::from_secs(1), || store.sweeps.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
     let report = e.shutdown(Duration::from_secs(1)).await;
     assert_eq!(e.tracked_tasks(), 1, "the sweep's call still hangs (until the call limit)");
     assert!(!report.drained, "{report:?} with a task left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_forgets_idempotency_keys_whose_window_ended_even_while_its_sweep_hangs() {
+    use std::sync::atomic::Ordering;
+    use terrace_domain::IdempotencyKey;
+    use terrace_ports::IdempotencyClaim;
+    let clock = Arc::new(TokioClock::new());
+    let window = Duration::from_secs(60);
+    let memory = terrace_memory::MemoryStore::new(clock.clone()).with_idempotency_ttl(window);
+    let world = World::with_store(memory, clock, FakeGoogle::new());
+    let claim = IdempotencyClaim { key: IdempotencyKey::parse("k").unwrap(), request_hash: "h".into() };
+    world.create_with_key(&["patio"], 3, Some(claim)).await;
+    let store = Arc::new(HangingSweeps {
+        store: world.store.clone(),
+        sweeps: Default::default(),
+        forgotten: Default::default(),
+    });
+    let sweeper = terrace_engine::Sweeper::start(store.clone(), &policies());
+    // Each round first waits out the hung sweep (the call limit), then
+    // forgets what expired.
+    let round = policies().lease.sweep_interval + policies().db.call_timeout();
+    wait_until(window + round * 2, || store.forgotten.load(Ordering::SeqCst) == 1).await;
+    assert!(store.sweeps.load(Ordering::SeqCst) >= 1, "the hung sweep was tried first");
+    assert_eq!(world.store.forget_expired_keys(10).await.unwrap(), 0, "nothing left to forget");
+    sweeper.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(start_paused = true)]

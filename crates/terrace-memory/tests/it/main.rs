@@ -1,4 +1,5 @@
 //! The in-memory adapter's integration tests.
 
 mod conformance;
+mod keys;
 mod voids;

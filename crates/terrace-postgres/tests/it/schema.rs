@@ -127,3 +127,48 @@ async fn an_expired_idempotency_key_may_be_used_again() {
     store.close().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_idempotency_keys_are_forgotten_oldest_first_and_open_ones_kept() {
+    use terrace_domain::IdempotencyKey;
+    use terrace_ports::IdempotencyClaim;
+    let db = TestDb::create().await;
+    let store = db.store(&policies()).await;
+    let user = UserId::new_random();
+    let claim = |key: &str| {
+        Some(IdempotencyClaim { key: IdempotencyKey::parse(key).unwrap(), request_hash: "h".into() })
+    };
+    let new = || new_generation(user, &[AreaKind::Patio], Duration::from_secs(60), 5);
+    for key in ["oldest", "older", "open"] {
+        let created = store.create(new(), claim(key)).await.unwrap();
+        assert!(matches!(created, CreateOutcome::Created(_)), "{created:?}");
+    }
+    assert_eq!(store.forget_expired_keys(10).await.unwrap(), 0, "every window is still open");
+    let s = session(&db.url).await;
+    s.batch_execute(
+        "UPDATE idempotency_keys SET expires_at = now() - interval '2 minutes' WHERE key = 'oldest';
+         UPDATE idempotency_keys SET expires_at = now() - interval '1 minute' WHERE key = 'older';",
+    )
+    .await
+    .unwrap();
+    let keys = async || -> Vec<String> {
+        s.query("SELECT key FROM idempotency_keys ORDER BY key", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(store.forget_expired_keys(1).await.unwrap(), 1);
+    assert_eq!(keys().await, ["older", "open"], "the oldest goes first");
+    assert_eq!(store.forget_expired_keys(10).await.unwrap(), 1);
+    assert_eq!(store.forget_expired_keys(10).await.unwrap(), 0);
+    assert_eq!(keys().await, ["open"]);
+    match store.create(new(), claim("open")).await.unwrap() {
+        CreateOutcome::Replayed(_) => {}
+        other => panic!("the open key still replays: {other:?}"),
+    }
+    assert!(store.conservation_violations().await.unwrap().is_empty());
+    store.close().await;
+    db.drop_now().await;
+}
