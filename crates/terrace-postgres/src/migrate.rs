@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "unfinished_by_deadline",
         sql: include_str!("../../../migrations/0006_unfinished_by_deadline.sql"),
     },
+    Migration { version: 7, name: "row_rules", sql: include_str!("../../../migrations/0007_row_rules.sql") },
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises migration runs.

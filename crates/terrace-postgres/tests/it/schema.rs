@@ -172,3 +172,49 @@ async fn expired_idempotency_keys_are_forgotten_oldest_first_and_open_ones_kept(
     store.close().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_breaks_a_rule_is_refused_and_the_error_names_the_rule() {
+    let db = TestDb::create().await;
+    let store = db.store(&policies()).await;
+    let user = UserId::new_random();
+    let CreateOutcome::Created(g) = store
+        .create(new_generation(user, &[AreaKind::Patio], Duration::from_secs(60), 5), None)
+        .await
+        .unwrap()
+    else {
+        panic!("created")
+    };
+    let s = session(&db.url).await;
+    let broken = [
+        (
+            format!("UPDATE accounts SET token_balance = -1 WHERE user_id = '{}'", user.0),
+            "accounts_token_balance_check",
+        ),
+        (format!("UPDATE accounts SET held = held + 1 WHERE user_id = '{}'", user.0), "accounts_conserved"),
+        (format!("UPDATE generations SET status = 'lost' WHERE id = '{}'", g.id), "generations_status_check"),
+        (format!("UPDATE generations SET lat = 1 WHERE id = '{}'", g.id), "generations_location_whole"),
+        (
+            format!("UPDATE generation_areas SET progress = 101 WHERE generation_id = '{}'", g.id),
+            "generation_areas_progress_check",
+        ),
+        (
+            format!("UPDATE generation_areas SET status = 'failed' WHERE generation_id = '{}'", g.id),
+            "areas_hold_follows_status",
+        ),
+        (format!("UPDATE ledger_entries SET amount = 2 WHERE generation_id = '{}'", g.id), "ledger_links"),
+    ];
+    for (sql, rule) in broken {
+        let e = s.batch_execute(&sql).await.expect_err(rule);
+        let db_error = e.as_db_error().unwrap_or_else(|| panic!("{rule}: {e}"));
+        assert_eq!(db_error.code(), &tokio_postgres::error::SqlState::CHECK_VIOLATION, "{rule}: {db_error}");
+        assert_eq!(db_error.constraint(), Some(rule), "{db_error}");
+    }
+    // A rule that is unknown (NULL) passes, as a CHECK's does: no lat and no lng.
+    s.batch_execute(&format!("UPDATE generations SET lat = NULL, lng = NULL WHERE id = '{}'", g.id))
+        .await
+        .unwrap();
+    assert!(store.conservation_violations().await.unwrap().is_empty());
+    store.close().await;
+    db.drop_now().await;
+}
