@@ -9,12 +9,9 @@ use std::time::Duration;
 use terrace_domain::state::{AreaStage, AreaStatus};
 use terrace_domain::{
     AreaKind, CreateError, CreditReference, CreditSource, ErrorCode, Failure, Generation, GenerationId,
-    GenerationStatus, Geocoded, GrantAmount, HoldState, IdempotencyKey, LatLng, LedgerKind, StoreError,
-    UserId,
+    GenerationStatus, Geocoded, GrantAmount, HoldState, LatLng, LedgerKind, StoreError, UserId,
 };
-use terrace_ports::{
-    CancelOutcome, CreateOutcome, IdempotencyClaim, Lease, ListQuery, Notification, WorkerId,
-};
+use terrace_ports::{CancelOutcome, CreateOutcome, Lease, ListQuery, Notification, WorkerId};
 
 use AreaKind::{Backyard, FrontYard, Patio, Walkway};
 
@@ -170,8 +167,7 @@ pub async fn insufficient_credits_hold_nothing(s: &Subject) {
 
 pub async fn idempotency_replays_and_refuses_another_body(s: &Subject) {
     let user = UserId::new_random();
-    let key = IdempotencyKey::parse("key-1").unwrap();
-    let claim = |hash: &str| Some(IdempotencyClaim { key: key.clone(), request_hash: hash.into() });
+    let claim = |hash: &str| Some(crate::key_claim("key-1", hash));
     let first = match s.store.create(new_generation(user, &[FrontYard], LONG, 3), claim("h1")).await {
         Ok(CreateOutcome::Created(g)) => g,
         other => panic!("expected created, got {other:?}"),

@@ -17,9 +17,10 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use terrace_domain::{
-    AreaKind, AreaRequest, GenerationId, GenerationRequest, PreservationStrength, RequestId, Style, UserId,
+    AreaKind, AreaRequest, GenerationId, GenerationRequest, IdempotencyKey, PreservationStrength, RequestId,
+    Style, UserId,
 };
-use terrace_ports::{BillingLedger, GenerationStore, Ledger, NewGeneration};
+use terrace_ports::{BillingLedger, GenerationStore, IdempotencyClaim, Ledger, NewGeneration};
 
 pub use tokio;
 
@@ -140,6 +141,15 @@ pub fn new_generation(user: UserId, areas: &[AreaKind], deadline: Duration, tria
         request: request(areas),
         deadline,
         trial_credits: trial,
+    }
+}
+
+/// The claim of idempotency key `key` (which must parse) for a request
+/// whose fingerprint is `request_hash`.
+pub fn key_claim(key: &str, request_hash: &str) -> IdempotencyClaim {
+    IdempotencyClaim {
+        key: IdempotencyKey::parse(key).expect("a valid key"),
+        request_hash: request_hash.into(),
     }
 }
 

@@ -353,6 +353,13 @@ pub struct HangingSweeps {
     pub forgotten: std::sync::atomic::AtomicUsize,
 }
 
+impl HangingSweeps {
+    /// `store` with its sweeps hung, nothing counted yet.
+    pub fn over(store: MemoryStore) -> Self {
+        Self { store, sweeps: AtomicU32::new(0), forgotten: std::sync::atomic::AtomicUsize::new(0) }
+    }
+}
+
 #[async_trait]
 impl terrace_ports::GenerationStore for HangingSweeps {
     async fn create(

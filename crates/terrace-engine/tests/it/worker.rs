@@ -244,11 +244,7 @@ async fn shutdown_waits_no_longer_than_its_grace_even_for_a_task_that_ignores_it
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_says_it_drained_only_once_its_sweeper_has_too() {
     let world = World::new(FakeGoogle::new());
-    let store = Arc::new(HangingSweeps {
-        store: world.store.clone(),
-        sweeps: Default::default(),
-        forgotten: Default::default(),
-    });
+    let store = Arc::new(HangingSweeps::over(world.store.clone()));
     let ports = terrace_engine::Ports { store: store.clone(), ..world.ports.clone() };
     let e = Engine::start(ports, policies(), WorkerId("a".into()));
     wait_until(Duration::from_secs(1), || store.sweeps.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
@@ -268,11 +264,7 @@ async fn the_sweeper_forgets_idempotency_keys_whose_window_ended_even_while_its_
     let world = World::with_store(memory, clock, FakeGoogle::new());
     let claim = IdempotencyClaim { key: IdempotencyKey::parse("k").unwrap(), request_hash: "h".into() };
     world.create_with_key(&["patio"], 3, Some(claim)).await;
-    let store = Arc::new(HangingSweeps {
-        store: world.store.clone(),
-        sweeps: Default::default(),
-        forgotten: Default::default(),
-    });
+    let store = Arc::new(HangingSweeps::over(world.store.clone()));
     let sweeper = terrace_engine::Sweeper::start(store.clone(), &policies());
     // Each round first waits out the hung sweep (the call limit), then
     // forgets what expired.

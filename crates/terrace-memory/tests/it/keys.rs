@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use terrace_conformance::new_generation;
-use terrace_domain::{AreaKind, IdempotencyKey, UserId};
+use terrace_conformance::{key_claim, new_generation};
+use terrace_domain::{AreaKind, UserId};
 use terrace_memory::{MemoryStore, TokioClock};
 use terrace_ports::{CreateOutcome, GenerationStore, IdempotencyClaim};
 
 fn claim(key: &str) -> Option<IdempotencyClaim> {
-    Some(IdempotencyClaim { key: IdempotencyKey::parse(key).unwrap(), request_hash: "h".into() })
+    Some(key_claim(key, "h"))
 }
 
 #[tokio::test(start_paused = true)]

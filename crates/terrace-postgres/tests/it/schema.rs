@@ -3,7 +3,7 @@
 
 use crate::support::{TestDb, policies, session};
 use std::time::Duration;
-use terrace_conformance::new_generation;
+use terrace_conformance::{key_claim, new_generation};
 use terrace_domain::{AreaKind, CreditReference, GrantAmount, UserId};
 use terrace_ports::{CancelOutcome, CreateOutcome, GenerationStore, Ledger};
 
@@ -101,14 +101,10 @@ async fn conservation_check_reports_a_counter_that_disagrees_with_the_ledger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_idempotency_key_may_be_used_again() {
-    use terrace_domain::IdempotencyKey;
-    use terrace_ports::IdempotencyClaim;
     let db = TestDb::create().await;
     let store = db.store(&policies()).await;
     let user = UserId::new_random();
-    let claim = |hash: &str| {
-        Some(IdempotencyClaim { key: IdempotencyKey::parse("k").unwrap(), request_hash: hash.into() })
-    };
+    let claim = |hash: &str| Some(key_claim("k", hash));
     let new = || new_generation(user, &[AreaKind::Patio], Duration::from_secs(60), 5);
     let CreateOutcome::Created(first) = store.create(new(), claim("a")).await.unwrap() else {
         panic!("created")
@@ -130,14 +126,10 @@ async fn an_expired_idempotency_key_may_be_used_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_idempotency_keys_are_forgotten_oldest_first_and_open_ones_kept() {
-    use terrace_domain::IdempotencyKey;
-    use terrace_ports::IdempotencyClaim;
     let db = TestDb::create().await;
     let store = db.store(&policies()).await;
     let user = UserId::new_random();
-    let claim = |key: &str| {
-        Some(IdempotencyClaim { key: IdempotencyKey::parse(key).unwrap(), request_hash: "h".into() })
-    };
+    let claim = |key: &str| Some(key_claim(key, "h"));
     let new = || new_generation(user, &[AreaKind::Patio], Duration::from_secs(60), 5);
     for key in ["oldest", "older", "open"] {
         let created = store.create(new(), claim(key)).await.unwrap();
