@@ -461,6 +461,21 @@ macro_rules! lease_lapsed {
     };
 }
 
+/// Renews the lease of owner `$1` by `$2` seconds from now (its row in
+/// `workers`, migration 0005) if `$when` holds: what a heartbeat does, and
+/// a claim that takes anything.
+macro_rules! renew_owner_sql {
+    ($when:literal) => {
+        concat!(
+            "INSERT INTO workers (owner, expires_at)
+             SELECT $1, now() + make_interval(secs => $2) WHERE ",
+            $when,
+            "
+             ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+        )
+    };
+}
+
 /// The claim of the generations `$which` admits (and `$4`, the one named or
 /// NULL): those whose lease lapsed, not past their deadline, oldest first,
 /// skipping rows other transactions hold locked; each gets its attempt
@@ -481,10 +496,9 @@ macro_rules! claim_sql {
                  ORDER BY g.seq
                  LIMIT $3
                  FOR UPDATE OF g SKIP LOCKED),
-             alive AS (
-                 INSERT INTO workers (owner, expires_at)
-                 SELECT $1, now() + make_interval(secs => $2) WHERE EXISTS (SELECT 1 FROM picked)
-                 ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at)
+             alive AS (",
+            renew_owner_sql!("EXISTS (SELECT 1 FROM picked)"),
+            ")
              UPDATE generations g
                 SET attempt = g.attempt + 1,
                     lease_owner = $1,
@@ -762,16 +776,17 @@ impl GenerationStore for PgStore {
                 // dropped on the way.
                 let rows = c
                     .query_cached(
-                        "WITH alive AS (
-                             INSERT INTO workers (owner, expires_at)
-                             VALUES ($1, now() + make_interval(secs => $2))
-                             ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at),
+                        concat!(
+                            "WITH alive AS (",
+                            renew_owner_sql!("true"),
+                            "),
                          gone AS (
                              DELETE FROM workers w
                               WHERE w.expires_at < now() - interval '1 hour' AND w.owner <> $1
                                 AND NOT EXISTS (SELECT 1 FROM generations g WHERE g.lease_owner = w.owner))
                          SELECT id, attempt, cancel_requested FROM generations
-                          WHERE lease_owner = $1 AND status IN ('pending', 'processing')",
+                          WHERE lease_owner = $1 AND status IN ('pending', 'processing')"
+                        ),
                         &[&owner.0, &secs(ttl)],
                     )
                     .await
