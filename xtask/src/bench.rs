@@ -1466,19 +1466,13 @@ impl Bench<'_> {
         let mut vars = Vec::new();
         match path {
             Kind::Create => {
-                let users = self.o.users;
-                let clients = self.o.connections;
-                // Each client its own users, so that no two clients contend
-                // for one account row (the window's round-robin does not).
-                let u = if users >= clients {
-                    format!(":client_id + {clients} * random(0, {})", users / clients - 1)
-                } else {
+                let (users, clients) = (self.o.users, self.o.connections);
+                if users < clients {
                     notes.push(format!(
                         "{clients} clients share {users} users: some contend for account rows"
                     ));
-                    format!(":client_id % {users}")
-                };
-                let header = format!("\\set r random(1, 9000000000000000000)\n\\set u {u}\n");
+                }
+                let header = create_header(users, clients);
                 let (text, v) = script(
                     &header,
                     c,
@@ -1572,17 +1566,10 @@ impl Bench<'_> {
     /// `COMMIT`), every statement prepared. The same tables, constraints
     /// and indexes check it as check Terrace's own create.
     fn python_shape(&self) -> Result<Value> {
-        let users = self.o.users;
         let clients = self.o.connections;
-        let u = if users >= clients {
-            format!(":client_id + {clients} * random(0, {})", users / clients - 1)
-        } else {
-            format!(":client_id % {users}")
-        };
         let g = "md5(:r::text)::uuid";
-        let script = format!(
-            "\\set r random(1, 9000000000000000000)\n\\set u {u}\n\
-             BEGIN;\n\
+        let statements = format!(
+            "BEGIN;\n\
              SELECT trial_credits, token_balance, held FROM accounts WHERE user_id = {USER_SQL}::uuid FOR UPDATE NOWAIT;\n\
              UPDATE accounts SET token_balance = token_balance - 1, held = held + 1, updated_at = now() WHERE user_id = {USER_SQL}::uuid;\n\
              INSERT INTO generations (id, user_id, request_id, status, address, deadline_at) VALUES ({g}, {USER_SQL}::uuid, 'python-' || :r::text, 'pending', '1600 Amphitheatre Parkway, Mountain View, CA', now() + interval '5 minutes');\n\
@@ -1592,10 +1579,12 @@ impl Bench<'_> {
              COMMIT;\n"
         );
         let file = std::path::absolute(self.o.out.join("pgbench").join("python-create.sql"))?;
-        std::fs::write(&file, script)?;
+        std::fs::write(&file, create_header(self.o.users, clients) + &statements)?;
         let mut r = self.replay("python-create", &[file], &[])?;
-        r["statements_per_transaction"] = json!(8);
-        r["round_trips_per_transaction"] = json!(8);
+        // One statement per line, each its own round trip.
+        let sent = statements.lines().count();
+        r["statements_per_transaction"] = json!(sent);
+        r["round_trips_per_transaction"] = json!(sent);
         r["command"] = json!(format!(
             "pgbench -M prepared -c {clients} -j 1 -T {} -n -f pgbench/python-create.sql",
             self.o.seconds
@@ -1670,6 +1659,20 @@ impl Bench<'_> {
             "contention": self.contention(&cpu0, &cpu1, wall, true),
         }))
     }
+}
+
+/// The pgbench variables of a replayed create: `:r`, a fresh random number
+/// per transaction (the generation's id and request id are made of it),
+/// and `:u`, one of the client's own users, so that no two clients contend
+/// for one account row (the window's round-robin does not); with fewer
+/// users than clients, users are shared.
+fn create_header(users: usize, clients: usize) -> String {
+    let u = if users >= clients {
+        format!(":client_id + {clients} * random(0, {})", users / clients - 1)
+    } else {
+        format!(":client_id % {users}")
+    };
+    format!("\\set r random(1, 9000000000000000000)\n\\set u {u}\n")
 }
 
 fn first_lines(s: &str, n: usize) -> String {
@@ -2244,6 +2247,15 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replayed_create_takes_a_user_of_its_client_s_own() {
+        assert_eq!(
+            create_header(1000, 32),
+            "\\set r random(1, 9000000000000000000)\n\\set u :client_id + 32 * random(0, 30)\n"
+        );
+        assert!(create_header(8, 32).ends_with("\\set u :client_id % 8\n"));
+    }
 
     #[test]
     fn logged_parameters_are_read_back() {
