@@ -54,6 +54,24 @@ struct ReasonLabel {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// A counter that follows a total kept elsewhere (the store's), read at
+/// scrape time.
+#[derive(Debug, Default)]
+struct Following {
+    counter: Counter,
+    seen: AtomicU64,
+}
+
+impl Following {
+    /// Adds what the total grew by since the last scrape.
+    fn follow(&self, total: u64) {
+        let seen = self.seen.swap(total, Ordering::Relaxed);
+        if total > seen {
+            self.counter.inc_by(total - seen);
+        }
+    }
+}
+
 /// Every metric of CONTRACT §6.
 #[derive(Debug)]
 pub struct Metrics {
@@ -64,8 +82,10 @@ pub struct Metrics {
     stuck: Gauge,
     pool_connections: Family<StateLabel, Gauge>,
     pool_max: Gauge,
-    acquire_timeouts: Counter,
-    acquire_timeouts_seen: AtomicU64,
+    acquire_timeouts: Following,
+    creates_queued: Gauge,
+    create_batches: Following,
+    batched_creates: Following,
     upstream_requests: Family<UpstreamOutcomeLabels, Counter>,
     upstream_timeouts: Family<UpstreamKindLabels, Counter>,
     upstream_duration: HistogramFamily<UpstreamLabel>,
@@ -105,8 +125,10 @@ impl Metrics {
             stuck: Gauge::default(),
             pool_connections: Family::default(),
             pool_max: Gauge::default(),
-            acquire_timeouts: Counter::default(),
-            acquire_timeouts_seen: AtomicU64::new(0),
+            acquire_timeouts: Following::default(),
+            creates_queued: Gauge::default(),
+            create_batches: Following::default(),
+            batched_creates: Following::default(),
             upstream_requests: Family::default(),
             upstream_timeouts: Family::default(),
             upstream_duration: Family::new_with_constructor(|| {
@@ -149,7 +171,22 @@ impl Metrics {
         registry.register(
             "terrace_db_acquire_timeouts",
             "Waits for a pooled connection that ran out",
-            m.acquire_timeouts.clone(),
+            m.acquire_timeouts.counter.clone(),
+        );
+        registry.register(
+            "terrace_db_creates_queued",
+            "Creates waiting to be written, together, in one transaction",
+            m.creates_queued.clone(),
+        );
+        registry.register(
+            "terrace_db_create_batches",
+            "Transactions that wrote two creates or more at once",
+            m.create_batches.counter.clone(),
+        );
+        registry.register(
+            "terrace_db_batched_creates",
+            "Creates written in a transaction with others",
+            m.batched_creates.counter.clone(),
         );
         registry.register(
             "terrace_upstream_requests",
@@ -263,10 +300,10 @@ impl Metrics {
             set("available", p.available);
             set("waiting", p.waiting);
             self.pool_max.set(p.max as i64);
-            let seen = self.acquire_timeouts_seen.swap(p.acquire_timeouts, Ordering::Relaxed);
-            if p.acquire_timeouts > seen {
-                self.acquire_timeouts.inc_by(p.acquire_timeouts - seen);
-            }
+            self.acquire_timeouts.follow(p.acquire_timeouts);
+            self.creates_queued.set(p.creates_queued as i64);
+            self.create_batches.follow(p.create_batches);
+            self.batched_creates.follow(p.batched_creates);
         }
         if let Some(rss) = resident_memory_bytes() {
             self.resident_memory.set(rss as i64);
@@ -331,6 +368,10 @@ mod tests {
         let m = Metrics::new();
         m.generation_finished(GenerationStatus::Completed, Duration::from_secs(3));
         m.set_state(Some(2), Some(StoreGauges { credits_held: 4, stuck: 0 }), None);
+        let pool =
+            PoolStatus { creates_queued: 6, create_batches: 2, batched_creates: 5, ..PoolStatus::default() };
+        m.set_state(None, None, Some(pool));
+        m.set_state(None, None, Some(PoolStatus { create_batches: 3, batched_creates: 7, ..pool }));
         let text = m.encode();
         for name in [
             "terrace_generation_tasks_active 2",
@@ -340,6 +381,9 @@ mod tests {
             "terrace_db_pool_connections{state=\"waiting\"}",
             "terrace_db_pool_max",
             "terrace_db_acquire_timeouts_total",
+            "terrace_db_creates_queued 6",
+            "terrace_db_create_batches_total 3",
+            "terrace_db_batched_creates_total 7",
             "terrace_upstream_requests_total{upstream=\"gemini\",outcome=\"timeout\"} 0",
             "terrace_upstream_timeouts_total{upstream=\"geocode\",kind=\"idle\"} 0",
             "terrace_upstream_request_duration_seconds_bucket{le=\"0.025\",upstream=\"staticmap\"}",

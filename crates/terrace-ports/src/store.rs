@@ -152,6 +152,12 @@ pub struct PoolStatus {
     pub available: usize,
     pub waiting: usize,
     pub acquire_timeouts: u64,
+    /// Creates waiting to be written (stores that write them together).
+    pub creates_queued: usize,
+    /// Transactions that wrote two creates or more at once.
+    pub create_batches: u64,
+    /// The creates those transactions wrote.
+    pub batched_creates: u64,
 }
 
 /// Generations: creation with its holds, reads, cancellation, and the durable
@@ -164,7 +170,8 @@ pub struct PoolStatus {
 /// [`StoreError::Finished`] when the area or generation is already terminal
 /// (for example cancelled by the user meanwhile).
 ///
-/// Cancel safety: every method is one transaction. Dropping its future
+/// Cancel safety: every method is one transaction (creates made at the same
+/// moment may share one, each still all or nothing). Dropping its future
 /// either lets the transaction commit or rolls it back; it never leaves a
 /// half-written generation or a held connection behind.
 #[cfg_attr(feature = "mock", mockall::automock)]
@@ -172,7 +179,9 @@ pub struct PoolStatus {
 pub trait GenerationStore: Send + Sync + 'static {
     /// Opens the account if needed, holds one credit per area (trial first)
     /// and stores the generation and its areas as `pending`, all in one
-    /// transaction. The account lock follows the lock policy.
+    /// transaction. The account lock follows the lock policy. A store may
+    /// write creates that wait at the same moment in one transaction (the
+    /// Postgres store does); each one's answer is still its own.
     ///
     /// Errors: [`CreateError::InsufficientCredits`],
     /// [`CreateError::AccountBusy`] (lock not had under the lock policy),

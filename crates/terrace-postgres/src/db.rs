@@ -329,7 +329,16 @@ impl Db {
         E: From<StoreError>,
         F: AsyncFnOnce(&mut Object) -> Result<T, E>,
     {
-        let mut conn = self.acquire().await?;
+        let conn = self.acquire().await?;
+        self.run_on(conn, what, body).await
+    }
+
+    /// [`Db::run`] on a connection already acquired.
+    pub(crate) async fn run_on<T, E, F>(&self, mut conn: Conn, what: &'static str, body: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: AsyncFnOnce(&mut Object) -> Result<T, E>,
+    {
         let outcome = tokio::time::timeout(self.deadline, body(conn.client())).await;
         match outcome {
             Ok(result) => {
@@ -344,6 +353,12 @@ impl Db {
         }
     }
 
+    /// The longest a call may take: a connection (made anew if need be),
+    /// then its body's deadline.
+    pub(crate) fn call_bound(&self) -> Duration {
+        self.policy.acquire_timeout + self.policy.connect_timeout + CLIENT_SLACK + self.deadline
+    }
+
     pub(crate) fn status(&self) -> PoolStatus {
         let s = self.pool.status();
         PoolStatus {
@@ -352,6 +367,7 @@ impl Db {
             available: s.available,
             waiting: s.waiting,
             acquire_timeouts: self.acquire_timeouts.load(Ordering::Relaxed),
+            ..PoolStatus::default()
         }
     }
 }
@@ -374,6 +390,11 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     pub(crate) fn client(&mut self) -> &mut Object {
         self.obj.as_mut().expect("the connection is present until drop")
+    }
+
+    /// Returns the connection to the pool unused.
+    pub(crate) fn give_back(mut self) {
+        self.clean = true;
     }
 }
 

@@ -36,6 +36,7 @@
 
 mod billing;
 mod db;
+mod gather;
 mod ledger;
 mod listen;
 mod migrate;
@@ -71,6 +72,8 @@ struct Inner {
     events: broadcast::Sender<Notification>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Creates waiting to be written together.
+    gather: gather::Gather,
 }
 
 impl Drop for Inner {
@@ -104,7 +107,9 @@ impl PgStore {
         // connect bound matters to it.
         listen_cfg.connect_timeout(policies.db.connect_timeout);
         tasks.spawn(listen::run(listen_cfg, policies.db.connect_timeout, events.clone(), stop.clone()));
-        let store = PgStore { inner: Arc::new(Inner { db, observer, events, stop, tasks }) };
+        let store = PgStore {
+            inner: Arc::new(Inner { db, observer, events, stop, tasks, gather: Default::default() }),
+        };
         if let Err(e) = terrace_ports::GenerationStore::ping(&store).await {
             store.close().await;
             return Err(e);
@@ -125,7 +130,14 @@ impl PgStore {
 
     /// The pool's state and the count of acquire timeouts, for `/metrics`.
     pub fn pool(&self) -> PoolStatus {
-        self.inner.db.status()
+        let gather = &self.inner.gather;
+        let (create_batches, batched_creates) = gather.counts();
+        PoolStatus {
+            creates_queued: gather.queued(),
+            create_batches,
+            batched_creates,
+            ..self.inner.db.status()
+        }
     }
 
     fn db(&self) -> &Arc<db::Db> {

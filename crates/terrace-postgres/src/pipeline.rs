@@ -66,6 +66,11 @@ impl<'a> Batch<'a> {
     pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
+
+    /// Adds every statement of `other`, after this batch's.
+    pub(crate) fn extend(&mut self, other: Batch<'a>) {
+        self.items.extend(other.items);
+    }
 }
 
 /// Boxes a parameter for [`Batch::push`].

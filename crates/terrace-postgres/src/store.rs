@@ -2,6 +2,7 @@
 
 use crate::PgStore;
 use crate::db::{is_lock_refused, map_err};
+use crate::gather::{Verdict, Waiting};
 use crate::listen::{CHANNEL, payload};
 use crate::pipeline::{Answer, Batch, Tx, all_ok, p, send, transaction};
 use crate::rows::{
@@ -438,6 +439,195 @@ fn insert_generation<'a>(
         ))
 }
 
+/// A create in a transaction of its own: what a create runs when no other
+/// create waits with it, or when it could not be written with the others.
+async fn create_alone(
+    c: &deadpool_postgres::Client,
+    new: &NewGeneration,
+    idempotency: Option<&IdempotencyClaim>,
+    lock: LockPolicy,
+    ttl: f64,
+) -> Result<CreateOutcome, CreateError> {
+    // One transaction, two statements between BEGIN and COMMIT (and the
+    // lock timeout's SET LOCAL, sent with the first): open and lock the
+    // account (with the key's earlier use, if any), then every write at
+    // once. The announcement follows the commit.
+    // Two round trips: BEGIN with the account's lock; the writes, COMMIT
+    // and the announcement.
+    transaction!(c, |tx| {
+        let Some(found) = begin_locked(tx, new, idempotency, lock).await? else {
+            return Err(CreateError::AccountBusy);
+        };
+        if let Some((hash, earlier)) = found.replay {
+            if Some(hash.as_str()) != idempotency.map(|k| k.request_hash.as_str()) {
+                return Err(CreateError::IdempotencyKeyReused);
+            }
+            let read = Batch::of(LOAD_ONE, vec![p(earlier.0)]);
+            let (rows, _) = tx.commit_with(&read, &Batch::new()).await.map_err(map_err)?;
+            let generation =
+                loaded_one(rows.first().map_or(&[][..], Vec::as_slice))?.ok_or(StoreError::NotFound)?;
+            return Ok(CreateOutcome::Replayed(generation));
+        }
+        let mut account = found.account;
+        let sources = match account.hold(new.request.areas.len(), found.subscribed) {
+            Ok(sources) => sources,
+            Err(e) => {
+                // Nothing was held; the account stays open, with its trial.
+                tx.commit().await.map_err(map_err)?;
+                return Err(CreateError::InsufficientCredits { needed: e.needed, available: e.available });
+            }
+        };
+        let write = insert_generation(new, &account, &sources, idempotency, ttl)?;
+        let rows = match tx.commit_with(&write, &announcement(&[Notification::Created(new.id)])).await {
+            Ok((rows, after)) => {
+                announced(after);
+                rows
+            }
+            // The key was taken by a request that committed while
+            // this one waited for the lock: its retry replays it.
+            Err(e) if e.code().map(|c| c.code()) == Some(KEY_TAKEN) => {
+                return Err(CreateError::AccountBusy);
+            }
+            Err(e) => return Err(map_err(e).into()),
+        };
+        Ok(CreateOutcome::Created(written(new, sources, rows.first())?))
+    })
+}
+
+/// The generation a create wrote, from the answer of its write
+/// ([`insert_generation`]), without reading it back.
+fn written(
+    new: &NewGeneration,
+    sources: Vec<CreditSource>,
+    rows: Option<&Vec<tokio_postgres::Row>>,
+) -> Result<Generation, StoreError> {
+    let row = rows.and_then(|r| r.first()).ok_or_else(|| corrupt("the create's write returned no row"))?;
+    let created = Created {
+        id: new.id,
+        user_id: new.user_id,
+        request_id: new.request_id.clone(),
+        request: new.request.clone(),
+        sources,
+    };
+    Ok(Generation::created(created, row.get(0), row.get(1)))
+}
+
+/// Opens (with their trial credits) and locks the accounts of creates
+/// written together, in one statement sent with the `BEGIN`: each one's
+/// balances, subscription and key's earlier use. It does not wait for other
+/// transactions: an account locked by one is skipped (`SKIP LOCKED`), and
+/// only accounts this statement cannot see are inserted (an insert that
+/// meets an existing row would wait for whoever changes it). A create whose
+/// account it skipped, or which another transaction opened while it ran,
+/// runs alone, under the lock policy. New accounts are inserted in the order
+/// of their users, as by every such statement, so that two of them never
+/// wait on each other.
+const OPEN_AND_LOCK_MANY: &str = "WITH wanted AS (
+         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS w(user_id, trial, key)),
+     opened AS (
+         INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
+         SELECT user_id, trial, 0, trial FROM wanted w
+          WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = w.user_id)
+          ORDER BY user_id
+         ON CONFLICT (user_id) DO NOTHING
+         RETURNING user_id, trial_credits, token_balance, held, captured),
+     trial AS (
+         INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
+         SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0),
+     locked AS (
+         SELECT user_id, trial_credits, token_balance, held, captured FROM accounts
+         WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED)
+     SELECT a.user_id, a.trial_credits, a.token_balance, a.held, a.captured,
+            COALESCE((SELECT b.status = 'active' FROM billing_accounts b WHERE b.user_id = a.user_id), false),
+            k.request_hash, k.generation_id
+       FROM (SELECT * FROM opened UNION ALL SELECT * FROM locked) a
+       JOIN wanted w USING (user_id)
+       LEFT JOIN idempotency_keys k ON k.user_id = a.user_id AND k.key = w.key AND k.expires_at > now()";
+
+/// Writes creates of different users in one transaction (crate::gather):
+/// two round trips, whatever their number — `BEGIN` with every account's
+/// lock ([`OPEN_AND_LOCK_MANY`]); then each create's write, the `COMMIT` and
+/// one announcement of them all. Each create's answer, in order: `None` for
+/// one to run alone — its account was not locked here, its key was used
+/// before, or the server refused a write (then nothing was kept, and each
+/// create runs alone to find its own answer).
+async fn create_together(
+    c: &deadpool_postgres::Client,
+    creates: &[(&NewGeneration, Option<&IdempotencyClaim>)],
+    ttl: f64,
+) -> Result<Vec<Option<Result<CreateOutcome, CreateError>>>, StoreError> {
+    let users: Vec<Uuid> = creates.iter().map(|(new, _)| new.user_id.0).collect();
+    let trials: Vec<i64> = creates
+        .iter()
+        .map(|(new, _)| i64::try_from(new.trial_credits).map_err(corrupt))
+        .collect::<Result<_, _>>()?;
+    let keys: Vec<Option<&str>> = creates.iter().map(|(_, key)| key.map(|k| k.key.as_str())).collect();
+    let mut answers: Vec<Option<Result<CreateOutcome, CreateError>>> = creates.iter().map(|_| None).collect();
+    let outcome: Result<(), StoreError> = transaction!(c, |tx| {
+        let lock = Batch::of(OPEN_AND_LOCK_MANY, vec![p(&users), p(&trials), p(&keys)]);
+        let rows = match tx.begin_with(&lock).await.map_err(map_err)?.pop() {
+            Some(Ok(rows)) => rows,
+            // Refused by the server (a deadlock with a create of another
+            // instance, say): nothing was kept; each create runs alone.
+            Some(Err(e)) if e.as_db_error().is_some() => return Ok(()),
+            Some(Err(e)) => return Err(map_err(e)),
+            None => return Err(corrupt("the accounts' lock went unanswered")),
+        };
+        let mut write = Batch::new();
+        let mut writes = Vec::new();
+        for row in &rows {
+            let user: Uuid = row.get(0);
+            let Some(i) = users.iter().position(|u| *u == user) else { continue };
+            let (new, key) = creates[i];
+            if row.get::<_, Option<Uuid>>(7).is_some() {
+                // The key was used before: the create runs alone, and replays.
+                continue;
+            }
+            let n = |col: usize| u64::try_from(row.get::<_, i64>(col)).map_err(corrupt);
+            let mut account = terrace_domain::Account {
+                user_id: UserId(user),
+                trial_credits: n(1)?,
+                token_balance: n(2)?,
+                held: n(3)?,
+                captured: n(4)?,
+            };
+            match account.hold(new.request.areas.len(), row.get(5)) {
+                Ok(sources) => {
+                    write.extend(insert_generation(new, &account, &sources, key, ttl)?);
+                    writes.push((i, sources));
+                }
+                // Nothing held; the account stays open, with its trial.
+                Err(e) => {
+                    answers[i] = Some(Err(CreateError::InsufficientCredits {
+                        needed: e.needed,
+                        available: e.available,
+                    }))
+                }
+            }
+        }
+        let notes: Vec<Notification> =
+            writes.iter().map(|(i, _)| Notification::Created(creates[*i].0.id)).collect();
+        match tx.commit_with(&write, &announcement(&notes)).await {
+            Ok((rows, after)) => {
+                announced(after);
+                for ((i, sources), rows) in writes.into_iter().zip(&rows) {
+                    answers[i] =
+                        Some(Ok(CreateOutcome::Created(written(creates[i].0, sources, Some(rows))?)));
+                }
+                Ok(())
+            }
+            // The server refused a write (a key taken meanwhile, say) and the
+            // commit rolled everything back: each create runs alone.
+            Err(e) if e.as_db_error().is_some() => {
+                answers.iter_mut().for_each(|a| *a = None);
+                Ok(())
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    });
+    outcome.map(|()| answers)
+}
+
 /// What a claim may take.
 #[derive(Debug, Clone, Copy)]
 enum Claimable {
@@ -598,6 +788,40 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Writes `taken` on `conn` in one transaction ([`create_together`]), in
+    /// a task of the store's own bounded by the call deadline and holding
+    /// one of the writers' `permit`s, and answers each create
+    /// (crate::gather). When the transaction fails, every create gets its
+    /// error (a write whose commit may have reached the server is not run
+    /// again); when the deadline passes, a timeout.
+    fn write_together(
+        &self,
+        conn: crate::db::Conn,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        mut taken: Vec<Waiting>,
+    ) {
+        let db = self.db().clone();
+        let store = self.clone();
+        // Locks are taken in the users' order, as by every such transaction.
+        taken.sort_by_key(|w| w.new.user_id.0);
+        self.inner.tasks.spawn(async move {
+            let ttl = secs(db.idempotency_ttl);
+            let creates: Vec<_> = taken.iter().map(|w| (&w.new, w.key.as_ref())).collect();
+            let answers = db
+                .run_on(conn, "create", async |c| create_together(c, &creates, ttl).await)
+                .await
+                .map_err(CreateError::from);
+            drop((creates, permit));
+            let answers = answers.unwrap_or_else(|e| vec![Some(Err(e)); taken.len()]);
+            store.inner.gather.wrote(answers.iter().filter(|a| matches!(a, Some(Ok(_)))).count());
+            for (waiting, answer) in taken.into_iter().zip(answers) {
+                waiting.answer(answer);
+            }
+        });
+    }
+}
+
 #[async_trait]
 impl GenerationStore for PgStore {
     async fn create(
@@ -605,74 +829,55 @@ impl GenerationStore for PgStore {
         new: NewGeneration,
         idempotency: Option<IdempotencyClaim>,
     ) -> Result<CreateOutcome, CreateError> {
-        let (lock, ttl) = (self.db().lock, secs(self.db().idempotency_ttl));
-        let new = &new;
-        let idempotency = idempotency.as_ref();
-        // One transaction, two statements between BEGIN and COMMIT (and the
-        // lock timeout's SET LOCAL, sent with the first): open and lock the
-        // account (with the key's earlier use, if any), then every write at
-        // once. The announcement follows the commit.
-        // Two round trips: BEGIN with the account's lock; the writes, COMMIT
-        // and the announcement.
-        self.db()
-            .run("create", async |c| {
-                transaction!(&*c, |tx| {
-                    let Some(found) = begin_locked(tx, new, idempotency, lock).await? else {
-                        return Err(CreateError::AccountBusy);
-                    };
-                    if let Some((hash, earlier)) = found.replay {
-                        if Some(hash.as_str()) != idempotency.map(|k| k.request_hash.as_str()) {
-                            return Err(CreateError::IdempotencyKeyReused);
-                        }
-                        let read = Batch::of(LOAD_ONE, vec![p(earlier.0)]);
-                        let (rows, _) = tx.commit_with(&read, &Batch::new()).await.map_err(map_err)?;
-                        let generation = loaded_one(rows.first().map_or(&[][..], Vec::as_slice))?
-                            .ok_or(StoreError::NotFound)?;
-                        return Ok(CreateOutcome::Replayed(generation));
-                    }
-                    let mut account = found.account;
-                    let sources = match account.hold(new.request.areas.len(), found.subscribed) {
-                        Ok(sources) => sources,
-                        Err(e) => {
-                            // Nothing was held; the account stays open, with its trial.
-                            tx.commit().await.map_err(map_err)?;
-                            return Err(CreateError::InsufficientCredits {
-                                needed: e.needed,
-                                available: e.available,
-                            });
-                        }
-                    };
-                    let write = insert_generation(new, &account, &sources, idempotency, ttl)?;
-                    let rows =
-                        match tx.commit_with(&write, &announcement(&[Notification::Created(new.id)])).await {
-                            Ok((rows, after)) => {
-                                announced(after);
-                                rows
+        // Joins the creates waiting for a connection; whichever gets one
+        // first writes them all (crate::gather).
+        let db = self.db();
+        let gather = &self.inner.gather;
+        let bound = db.call_bound();
+        let (ticket, mut verdict) = gather.join(new, idempotency);
+        let waited = tokio::time::timeout(bound, async {
+            loop {
+                if !ticket.queued() {
+                    return (&mut verdict).await.ok();
+                }
+                tokio::select! {
+                    biased;
+                    answer = &mut verdict => return answer.ok(),
+                    conn = async {
+                        let permit = gather.writers.clone().acquire_owned().await;
+                        (permit, db.acquire().await)
+                    } => match conn {
+                        (Ok(permit), Ok(conn)) => {
+                            let taken = gather.take();
+                            if taken.is_empty() {
+                                conn.give_back();
+                            } else {
+                                self.write_together(conn, permit, taken);
                             }
-                            // The key was taken by a request that committed while
-                            // this one waited for the lock: its retry replays it.
-                            Err(e) if e.code().map(|c| c.code()) == Some(KEY_TAKEN) => {
-                                return Err(CreateError::AccountBusy);
-                            }
-                            Err(e) => return Err(map_err(e).into()),
-                        };
-                    let row = rows
-                        .first()
-                        .and_then(|r| r.first())
-                        .ok_or_else(|| corrupt("the create's write returned no row"))?;
-                    let (created_at, deadline_at) = (row.get(0), row.get(1));
-                    // What was written, without reading it back.
-                    let created = Created {
-                        id: new.id,
-                        user_id: new.user_id,
-                        request_id: new.request_id.clone(),
-                        request: new.request.clone(),
-                        sources,
-                    };
-                    Ok(CreateOutcome::Created(Generation::created(created, created_at, deadline_at)))
-                })
-            })
-            .await
+                        }
+                        (Err(_), _) => return None,
+                        // No connection: the create fails, unless a
+                        // transaction took it meanwhile.
+                        (_, Err(e)) if ticket.withdraw() => return Some(Verdict::Done(Err(e.into()))),
+                        (_, Err(_)) => {}
+                    },
+                }
+            }
+        })
+        .await;
+        drop(ticket);
+        match waited {
+            Ok(Some(Verdict::Done(outcome))) => outcome,
+            Ok(Some(Verdict::Alone(new, key))) => {
+                let (lock, ttl) = (db.lock, secs(db.idempotency_ttl));
+                db.run("create", async |c| create_alone(c, &new, key.as_ref(), lock, ttl).await).await
+            }
+            Ok(None) => {
+                Err(StoreError::Unavailable { detail: "the create's transaction ended unanswered".into() }
+                    .into())
+            }
+            Err(_) => Err(StoreError::Timeout { what: format!("create: no answer within {bound:?}") }.into()),
+        }
     }
 
     async fn get(&self, id: GenerationId) -> Result<Option<Generation>, StoreError> {

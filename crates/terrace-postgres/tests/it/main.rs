@@ -10,4 +10,5 @@ mod pipelined;
 mod reads;
 mod schema;
 mod support;
+mod together;
 mod work;
