@@ -927,8 +927,15 @@ struct Window {
     t1: Instant,
     cpu0: CpuSample,
     cpu1: CpuSample,
+    /// The server's counts of creates written together, at the window's
+    /// start and end ([`Bench::together`]).
+    together0: Option<Together>,
+    together1: Option<Together>,
     statements: Vec<Value>,
 }
+
+/// `terrace_db_create_batches_total` and `terrace_db_batched_creates_total`.
+type Together = (f64, f64);
 
 impl Bench<'_> {
     fn cpu(&self) -> CpuSample {
@@ -1176,17 +1183,20 @@ impl Bench<'_> {
         let tasks: Vec<_> = (0..self.o.connections)
             .map(|_| self.rt.spawn(drive(self.http.clone(), work.clone(), stop.clone(), next.clone())))
             .collect();
-        let measured = (|| -> Result<(Instant, Instant, CpuSample, CpuSample)> {
+        type Measured = (Instant, Instant, CpuSample, CpuSample, Option<Together>, Option<Together>);
+        let measured = (|| -> Result<Measured> {
             std::thread::sleep(Duration::from_secs(self.o.warmup));
             if self.pg.stat_statements {
                 self.pg.psql("postgres", "SELECT pg_stat_statements_reset()")?;
             }
+            let together0 = self.together();
             let cpu0 = self.cpu();
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs(self.o.seconds));
             let cpu1 = self.cpu();
             let t1 = Instant::now();
-            Ok((t0, t1, cpu0, cpu1))
+            let together1 = self.together();
+            Ok((t0, t1, cpu0, cpu1, together0, together1))
         })();
         stop.store(true, Ordering::Relaxed);
         let bound = REQUEST_TIMEOUT + Duration::from_secs(30);
@@ -1194,13 +1204,31 @@ impl Bench<'_> {
             .rt
             .block_on(async { tokio::time::timeout(bound, futures::future::join_all(tasks)).await })
             .context("the load connections did not stop")?;
-        let (t0, t1, cpu0, cpu1) = measured?;
+        let (t0, t1, cpu0, cpu1, together0, together1) = measured?;
         let mut samples = Vec::new();
         for r in joined {
             samples.extend(r.context("a load connection failed")?);
         }
         let statements = self.statements()?;
-        Ok(Window { samples, t0, t1, cpu0, cpu1, statements })
+        Ok(Window { samples, t0, t1, cpu0, cpu1, together0, together1, statements })
+    }
+
+    /// The server's counts of creates written together, from its `/metrics`
+    /// (`None` if it did not answer within a second).
+    fn together(&self) -> Option<Together> {
+        let page = self
+            .rt
+            .block_on(async {
+                let page =
+                    async { self.http.get(format!("{}/metrics", self.base)).send().await?.text().await };
+                tokio::time::timeout(Duration::from_secs(1), page).await
+            })
+            .ok()?
+            .ok()?;
+        Some((
+            cluster::metric(&page, "terrace_db_create_batches_total")?,
+            cluster::metric(&page, "terrace_db_batched_creates_total")?,
+        ))
     }
 
     /// The server's statements since the last reset, most called first.
@@ -1333,9 +1361,20 @@ impl Bench<'_> {
             .filter(|s| s["background"] == json!(false))
             .filter_map(|s| s["calls"].as_u64())
             .sum();
+        // Creates the server wrote in transactions of two or more, in the window.
+        let together = match (w.together0, w.together1) {
+            (Some((b0, c0)), Some((b1, c1))) => json!({
+                "transactions": b1 - b0,
+                "creates": c1 - c0,
+                "per_transaction": if b1 > b0 { (c1 - c0) / (b1 - b0) } else { 0.0 },
+                "share_of_requests": per(c1 - c0),
+            }),
+            _ => Value::Null,
+        };
         json!({
             "seconds": secs,
             "requests": requests,
+            "written_together": together,
             "requests_per_second": requests as f64 / secs,
             "ok_per_second": ok_count as f64 / secs,
             "latency_ok": percentiles(&mut ok),
@@ -2183,6 +2222,18 @@ fn write_report(o: &Options, report: &Value) -> Result<()> {
             f(&p["statements_seen_per_request"], 2),
             f(&p["statements_seen_per_request_without_background"], 2),
         ));
+        let together = &p["written_together"];
+        if together["transactions"].as_f64().is_some_and(|t| t > 0.0) {
+            md.push_str(&format!(
+                "Written together (the server's `terrace_db_batched_creates_total` and \
+                 `terrace_db_create_batches_total`): {} of the requests' creates, in {} transactions of {} \
+                 creates on average; the statements above are each create's, and one transaction's `BEGIN` \
+                 statement and `COMMIT` serve them all.\n\n",
+                f(&(together["share_of_requests"].as_f64().unwrap_or(0.0) * 100.0).into(), 0) + " %",
+                f(&together["transactions"], 0),
+                f(&together["per_transaction"], 1),
+            ));
+        }
         md.push_str(&contention_line(&p["contention"]));
         md.push_str("Statements in the window (pg_stat_statements):\n\n| calls/request | mean ms | query |\n|---|---|---|\n");
         for s in p["statements"].as_array().into_iter().flatten() {
