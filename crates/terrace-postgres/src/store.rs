@@ -283,6 +283,38 @@ struct Locked {
     replay: Option<(String, GenerationId)>,
 }
 
+/// The statement that opens one account if this statement cannot see it
+/// (with its trial credits and their `credit` entry: `$1` the user, `$2` the
+/// trial), locks its row (`FOR UPDATE` followed by `$wait`: nothing, `NOWAIT`
+/// or `SKIP LOCKED`), and reads its balances, subscription and the earlier
+/// use of the key `$3`. Only an account it cannot see is inserted: an insert
+/// that meets an existing row would wait for any transaction that changes
+/// that row, outside the lock policy.
+macro_rules! open_and_lock_sql {
+    ($wait:literal) => {
+        concat!(
+            "WITH opened AS (
+                 INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
+                 SELECT $1, $2, 0, $2 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)
+                 ON CONFLICT (user_id) DO NOTHING
+                 RETURNING user_id, trial_credits, token_balance, held, captured),
+             trial AS (
+                 INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
+                 SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0),
+             locked AS (
+                 SELECT user_id, trial_credits, token_balance, held, captured FROM accounts
+                 WHERE user_id = $1 FOR UPDATE",
+            $wait,
+            ")
+             SELECT a.user_id, a.trial_credits, a.token_balance, a.held, a.captured,
+                    COALESCE((SELECT b.status = 'active' FROM billing_accounts b WHERE b.user_id = $1), false),
+                    k.request_hash, k.generation_id
+               FROM (SELECT * FROM opened UNION ALL SELECT * FROM locked) a
+               LEFT JOIN idempotency_keys k ON k.user_id = $1 AND k.key = $3 AND k.expires_at > now()"
+        )
+    };
+}
+
 /// Begins `tx`: opens the account if it does not exist (with its trial
 /// credits and their `credit` entry) and takes its row lock under the lock
 /// policy, in one statement sent with the `BEGIN` (and the lock timeout's
@@ -296,30 +328,6 @@ async fn begin_locked<C: Sql>(
     key: Option<&IdempotencyClaim>,
     policy: LockPolicy,
 ) -> Result<Option<Locked>, StoreError> {
-    macro_rules! open_and_lock_sql {
-        ($wait:literal) => {
-            concat!(
-                "WITH opened AS (
-                     INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
-                     VALUES ($1, $2, 0, $2)
-                     ON CONFLICT (user_id) DO NOTHING
-                     RETURNING user_id, trial_credits, token_balance, held, captured),
-                 trial AS (
-                     INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
-                     SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0),
-                 locked AS (
-                     SELECT user_id, trial_credits, token_balance, held, captured FROM accounts
-                     WHERE user_id = $1 FOR UPDATE",
-                $wait,
-                ")
-                 SELECT a.user_id, a.trial_credits, a.token_balance, a.held, a.captured,
-                        COALESCE((SELECT b.status = 'active' FROM billing_accounts b WHERE b.user_id = $1), false),
-                        k.request_hash, k.generation_id
-                   FROM (SELECT * FROM opened UNION ALL SELECT * FROM locked) a
-                   LEFT JOIN idempotency_keys k ON k.user_id = $1 AND k.key = $3 AND k.expires_at > now()"
-            )
-        };
-    }
     let trial = i64::try_from(new.trial_credits).map_err(corrupt)?;
     let key = key.map(|k| k.key.as_str());
     let set = match policy {
@@ -564,7 +572,15 @@ async fn create_together(
     let keys: Vec<Option<&str>> = creates.iter().map(|(_, key)| key.map(|k| k.key.as_str())).collect();
     let mut answers: Vec<Option<Result<CreateOutcome, CreateError>>> = creates.iter().map(|_| None).collect();
     let outcome: Result<(), StoreError> = transaction!(c, |tx| {
-        let lock = Batch::of(OPEN_AND_LOCK_MANY, vec![p(&users), p(&trials), p(&keys)]);
+        // A create on its own takes the one-account form: Postgres plans it
+        // once per connection, while the form over arrays, whose plan depends
+        // on how many accounts it gets, is planned on every call.
+        let lock = match (users.as_slice(), trials.as_slice(), keys.as_slice()) {
+            ([user], [trial], [key]) => {
+                Batch::of(open_and_lock_sql!(" SKIP LOCKED"), vec![p(*user), p(*trial), p(*key)])
+            }
+            _ => Batch::of(OPEN_AND_LOCK_MANY, vec![p(&users), p(&trials), p(&keys)]),
+        };
         let rows = match tx.begin_with(&lock).await.map_err(map_err)?.pop() {
             Some(Ok(rows)) => rows,
             // Refused by the server (a deadlock with a create of another
