@@ -4,14 +4,16 @@
 //! transaction costs Postgres mostly what surrounds its statements: the
 //! `BEGIN`, the `COMMIT` and its flush of the log, the announcement. So a
 //! create first joins a queue ([`Gather::join`]) and then waits for its
-//! answer or for a connection, whichever comes first. The create that gets
-//! a connection takes what waits in the queue ([`Gather::take`]: oldest
-//! first, at most [`MOST`], one per user) and writes it all in one
-//! transaction: one commit, one flush and one announcement for all of them
-//! (`store::create_together`). A create the transaction cannot write with
-//! the others (its account locked elsewhere or opened meanwhile, its key
-//! used before, a write refused) is handed back to run alone, as a create
-//! that found the queue empty does ([`Verdict::Alone`]).
+//! answer or for a connection and one of the [`WRITERS`] writer slots,
+//! whichever comes first. The create that gets them takes what waits in the
+//! queue ([`Gather::take`]: oldest first, at most [`MOST`], one per user)
+//! and writes it all in one transaction: one commit, one flush and one
+//! announcement for all of them (`store::create_together`). While the
+//! writers are busy the queue fills, and the next transaction writes more.
+//! A create the transaction cannot write with the others (its account
+//! locked elsewhere or opened meanwhile, its key used before, a write
+//! refused) is handed back to run alone, in a transaction of its own under
+//! the lock policy ([`Verdict::Alone`]).
 //!
 //! The transaction runs in a task of the store's own, bounded by the call
 //! deadline, so that no create depends on the caller that happened to take
