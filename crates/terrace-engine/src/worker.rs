@@ -17,7 +17,7 @@ use std::time::Duration;
 use terrace_domain::{Generation, GenerationId, Policies};
 use terrace_ports::{GenerationStore, Lease, LeaseState, Notification, WorkerId};
 use tokio::sync::Notify;
-use tokio::time::{MissedTickBehavior, interval, sleep};
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -260,11 +260,13 @@ impl Engine {
         let stop = self.inner.stop_loops.clone();
         let mut tick = interval(self.inner.policies.lease.heartbeat_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // When this instance's leases were last known renewed (or it held none).
+        let mut renewed = Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => self.heartbeat().await,
+                _ = tick.tick() => self.heartbeat(&mut renewed).await,
             }
         }
     }
@@ -274,18 +276,35 @@ impl Engine {
     /// asked to cancel stops as cancelled; one it holds but runs nothing for
     /// (a claim whose answer was lost, a claim of its own expired lease
     /// while the old attempt still ran) runs here now, so that no lease is
-    /// kept alive for work nobody does.
-    async fn heartbeat(&self) {
+    /// kept alive for work nobody does. When heartbeats have failed for a
+    /// lease TTL since the last one that renewed (`renewed`), the leases have
+    /// lapsed and another instance may run the work: everything running here
+    /// stops without writing, instead of calling upstreams for work whose
+    /// writes the fence would refuse.
+    async fn heartbeat(&self, renewed: &mut Instant) {
         let i = &self.inner;
+        let started = Instant::now();
         let running = i.supervisor.running();
         if running.is_empty() {
+            *renewed = started;
             return;
         }
-        let beat = i.ports.store.heartbeat(&i.owner, i.policies.lease.ttl);
+        let ttl = i.policies.lease.ttl;
+        let beat = i.ports.store.heartbeat(&i.owner, ttl);
         let leases = match bounded(self.call_limit(), "heartbeat", beat).await {
-            Ok(l) => l,
+            Ok(l) => {
+                *renewed = started;
+                l
+            }
             Err(e) => {
                 warn!(error = %e, "heartbeat failed");
+                if renewed.elapsed() >= ttl {
+                    for (id, _) in running {
+                        if i.supervisor.cancel(id, StopReason::LeaseLost) {
+                            warn!(generation_id = %id, "lease lapsed: heartbeats failed for a lease TTL");
+                        }
+                    }
+                }
                 return;
             }
         };

@@ -343,25 +343,43 @@ impl World {
     }
 }
 
-/// A memory store whose sweeps never answer (a hung `end_overdue`); every
-/// other call goes straight to the store.
+/// A memory store with faults: sweeps that never answer (a hung
+/// `end_overdue`), or heartbeats that fail while `heartbeats_fail` is set;
+/// every other call goes straight to the store.
 #[derive(Debug)]
-pub struct HangingSweeps {
+pub struct FaultyStore {
     pub store: MemoryStore,
+    hang_sweeps: bool,
+    pub heartbeats_fail: std::sync::atomic::AtomicBool,
     pub sweeps: AtomicU32,
     /// Idempotency keys the store forgot when asked through this wrapper.
     pub forgotten: std::sync::atomic::AtomicUsize,
 }
 
-impl HangingSweeps {
+impl FaultyStore {
+    fn new(store: MemoryStore, hang_sweeps: bool) -> Self {
+        Self {
+            store,
+            hang_sweeps,
+            heartbeats_fail: Default::default(),
+            sweeps: AtomicU32::new(0),
+            forgotten: Default::default(),
+        }
+    }
+
     /// `store` with its sweeps hung, nothing counted yet.
-    pub fn over(store: MemoryStore) -> Self {
-        Self { store, sweeps: AtomicU32::new(0), forgotten: std::sync::atomic::AtomicUsize::new(0) }
+    pub fn hanging_sweeps(store: MemoryStore) -> Self {
+        Self::new(store, true)
+    }
+
+    /// `store` with heartbeats that fail once `heartbeats_fail` is set.
+    pub fn failing_heartbeats(store: MemoryStore) -> Self {
+        Self::new(store, false)
     }
 }
 
 #[async_trait]
-impl terrace_ports::GenerationStore for HangingSweeps {
+impl terrace_ports::GenerationStore for FaultyStore {
     async fn create(
         &self,
         new: NewGeneration,
@@ -403,6 +421,9 @@ impl terrace_ports::GenerationStore for HangingSweeps {
         owner: &WorkerId,
         ttl: Duration,
     ) -> Result<Vec<terrace_ports::LeaseState>, StoreError> {
+        if self.heartbeats_fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable { detail: "the test fails heartbeats".into() });
+        }
         self.store.heartbeat(owner, ttl).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -445,9 +466,12 @@ impl terrace_ports::GenerationStore for HangingSweeps {
     ) -> Result<terrace_ports::Finished, StoreError> {
         self.store.finish(lease, unfinished, failure).await
     }
-    async fn end_overdue(&self, _: usize) -> Result<Vec<GenerationId>, StoreError> {
+    async fn end_overdue(&self, limit: usize) -> Result<Vec<GenerationId>, StoreError> {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
-        futures::future::pending().await
+        if self.hang_sweeps {
+            futures::future::pending::<()>().await;
+        }
+        self.store.end_overdue(limit).await
     }
     async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError> {
         let n = self.store.forget_expired_keys(limit).await?;

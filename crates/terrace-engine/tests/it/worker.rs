@@ -1,7 +1,7 @@
 //! The worker: claiming, handing back, rescuing, cancelling, sweeping, and
 //! shutting down within its bound.
 
-use crate::fake::{Design, FakeGoogle, HangingSweeps, World, policies};
+use crate::fake::{Design, FakeGoogle, FaultyStore, World, policies};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,7 +244,7 @@ async fn shutdown_waits_no_longer_than_its_grace_even_for_a_task_that_ignores_it
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_says_it_drained_only_once_its_sweeper_has_too() {
     let world = World::new(FakeGoogle::new());
-    let store = Arc::new(HangingSweeps::over(world.store.clone()));
+    let store = Arc::new(FaultyStore::hanging_sweeps(world.store.clone()));
     let ports = terrace_engine::Ports { store: store.clone(), ..world.ports.clone() };
     let e = Engine::start(ports, policies(), WorkerId("a".into()));
     wait_until(Duration::from_secs(1), || store.sweeps.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
@@ -264,7 +264,7 @@ async fn the_sweeper_forgets_idempotency_keys_whose_window_ended_even_while_its_
     let world = World::with_store(memory, clock, FakeGoogle::new());
     let claim = IdempotencyClaim { key: IdempotencyKey::parse("k").unwrap(), request_hash: "h".into() };
     world.create_with_key(&["patio"], 3, Some(claim)).await;
-    let store = Arc::new(HangingSweeps::over(world.store.clone()));
+    let store = Arc::new(FaultyStore::hanging_sweeps(world.store.clone()));
     let sweeper = terrace_engine::Sweeper::start(store.clone(), &policies());
     // Each round first waits out the hung sweep (the call limit), then
     // forgets what expired.
@@ -293,5 +293,33 @@ async fn work_held_in_this_instance_s_name_but_not_run_here_is_run_at_its_next_h
     assert_eq!((g.status, g.attempt), (GenerationStatus::Completed, 1), "run under the lease it held");
     assert_eq!(g.areas[0].hold, HoldState::Captured);
     assert_eq!(world.store.get(busy).await.unwrap().unwrap().status, GenerationStatus::Processing);
+    e.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_stops_once_heartbeats_have_failed_for_a_lease_ttl() {
+    use std::sync::atomic::Ordering;
+    let world = World::new(FakeGoogle::new().design("patio", &[], Design::HangBeforeFirstEvent));
+    let store = Arc::new(FaultyStore::failing_heartbeats(world.store.clone()));
+    let ports = terrace_engine::Ports { store: store.clone(), ..world.ports.clone() };
+    let e = Engine::start(ports, policies(), WorkerId("a".into()));
+    let (_, id) = world.create(&["patio"], 3).await;
+    e.wake();
+    wait_until(Duration::from_secs(1), || e.active() == 1).await;
+    // The database stops answering this instance's heartbeats: after one
+    // TTL its leases have lapsed and any instance may take the work, so the
+    // attempt running here stops calling upstreams for it (without writing:
+    // the fence would refuse). Its design never answers, so nothing else
+    // would stop it before its deadline.
+    store.heartbeats_fail.store(true, Ordering::SeqCst);
+    let lease = policies().lease;
+    wait_until(lease.ttl + lease.heartbeat_interval * 2, || e.tasks().iter().all(|t| t.attempt != 1)).await;
+    let g = world.store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        g.status,
+        GenerationStatus::Processing,
+        "left for the next owner (this instance's sweep may claim it)"
+    );
+    assert_eq!(g.areas[0].hold, HoldState::Held, "the hold waits for whoever finishes the work");
     e.shutdown(Duration::from_secs(5)).await;
 }
