@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0006_unfinished_by_deadline.sql"),
     },
     Migration { version: 7, name: "row_rules", sql: include_str!("../../../migrations/0007_row_rules.sql") },
+    Migration {
+        version: 8,
+        name: "validate_row_rules",
+        sql: include_str!("../../../migrations/0008_validate_row_rules.sql"),
+    },
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises migration runs.

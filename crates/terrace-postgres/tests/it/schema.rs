@@ -210,3 +210,25 @@ async fn a_row_that_breaks_a_rule_is_refused_and_the_error_names_the_rule() {
     store.close().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_rule_is_validated_once_migrated() {
+    let db = TestDb::create().await;
+    let s = session(&db.url).await;
+    let rows = s
+        .query(
+            "SELECT conrelid::regclass::text, conname, convalidated FROM pg_constraint
+              WHERE contype = 'c' AND conname LIKE '%\\_rules' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rules: Vec<(String, String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let expected: Vec<(String, String, bool)> =
+        ["accounts", "generation_areas", "generations", "ledger_entries"]
+            .iter()
+            .map(|t| (t.to_string(), format!("{t}_rules"), true))
+            .collect();
+    assert_eq!(rules, expected, "one rule per table, each validated");
+    db.drop_now().await;
+}
