@@ -633,18 +633,20 @@ impl GenerationStore for MemoryStore {
     async fn forget_expired_keys(&self, limit: usize) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let mut s = self.lock();
-        let mut expired: Vec<(DateTime<Utc>, (UserId, String))> = s
+        // Oldest first; only the keys forgotten are copied.
+        let mut expired: Vec<(DateTime<Utc>, &(UserId, String))> = s
             .idempotency
             .iter()
             .filter(|(_, k)| k.expires_at <= now)
-            .map(|(id, k)| (k.expires_at, id.clone()))
+            .map(|(id, k)| (k.expires_at, id))
             .collect();
         expired.sort_by_key(|(at, _)| *at);
-        expired.truncate(limit);
-        for (_, id) in &expired {
+        let forget: Vec<(UserId, String)> =
+            expired.into_iter().take(limit).map(|(_, id)| id.clone()).collect();
+        for id in &forget {
             s.idempotency.remove(id);
         }
-        Ok(expired.len())
+        Ok(forget.len())
     }
 
     fn notifications(&self) -> BoxStream<'static, Notification> {
