@@ -77,14 +77,17 @@ fn changed(ids: &[Uuid]) -> Vec<Notification> {
 }
 
 /// Opens the account if it does not exist, with its trial credits and their
-/// `credit` entry, in one statement (so outside any longer transaction: the
-/// insert of a new account never waits on another request's transaction).
+/// `credit` entry, in one statement (so outside any longer transaction). It
+/// inserts only an account it cannot see: an insert that met an existing row
+/// would wait for any transaction that changes that row, outside the lock
+/// policy; only a request opening the same new account at the same moment
+/// is waited for.
 pub(crate) async fn open_account(c: &impl Sql, user: UserId, trial: u64) -> Result<(), StoreError> {
     let trial = i64::try_from(trial).map_err(corrupt)?;
     c.execute_cached(
         "WITH opened AS (
              INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
-             VALUES ($1, $2, 0, $2)
+             SELECT $1, $2, 0, $2 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)
              ON CONFLICT (user_id) DO NOTHING
              RETURNING user_id, trial_credits)
          INSERT INTO ledger_entries (user_id, kind, amount, source, reference)

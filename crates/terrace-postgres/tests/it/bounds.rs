@@ -261,3 +261,42 @@ async fn a_call_dropped_by_its_caller_is_cancelled_on_the_server_and_discarded()
     store.close().await;
     db.drop_now().await;
 }
+
+/// A transaction that changes an account (a worker's capture, say) makes a
+/// create or a grant on it wait only as the lock policy says: with `NOWAIT`,
+/// not at all. (An insert of the account that met the changed row would
+/// wait for that transaction up to the session's lock timeout, here longer
+/// than the statement timeout: the answer would be a timeout, not "busy".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_another_transaction_changes_is_busy_at_once_under_nowait() {
+    let db = TestDb::create().await;
+    let mut p = policies();
+    p.lock = LockPolicy::NoWait;
+    p.db.lock_timeout = Duration::from_secs(30);
+    let store = db.store(&p).await;
+    let user = UserId::new_random();
+    store.open_account(user, 3).await.unwrap();
+    let other = session(&db.url).await;
+    other
+        .batch_execute(&format!("BEGIN; UPDATE accounts SET updated_at = now() WHERE user_id = '{}'", user.0))
+        .await
+        .unwrap();
+    let create =
+        store.create(new_generation(user, &[AreaKind::Patio], Duration::from_secs(600), 3), None).await;
+    assert_eq!(create, Err(CreateError::AccountBusy), "the create is refused at once, not timed out");
+    let reference = CreditReference::parse("grant-1").unwrap();
+    let grant = store.grant(user, GrantAmount::parse(5).unwrap(), &reference, 3).await;
+    assert!(matches!(grant, Err(LedgerError::AccountBusy)), "the grant too: {grant:?}");
+    other.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        store
+            .create(new_generation(user, &[AreaKind::Patio], Duration::from_secs(600), 3), None)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        store.grant(user, GrantAmount::parse(5).unwrap(), &reference, 3).await.unwrap().account.token_balance,
+        5
+    );
+    db.drop_now().await;
+}

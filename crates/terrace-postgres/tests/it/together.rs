@@ -209,29 +209,3 @@ async fn when_a_write_of_the_transaction_is_refused_each_create_runs_alone() {
     assert!(store.conservation_violations().await.unwrap().is_empty());
     db.drop_now().await;
 }
-
-/// A transaction that changes an account (a worker's capture, say) makes a
-/// create on it wait only as the lock policy says: with `NOWAIT`, not at all.
-/// (An insert of the account that met the changed row would wait for that
-/// transaction up to the session's lock timeout, here longer than the
-/// statement timeout: the answer would be a timeout, not "busy".)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_on_an_account_another_transaction_changes_is_busy_under_nowait() {
-    let db = TestDb::create().await;
-    let mut p = policies();
-    p.lock = LockPolicy::NoWait;
-    p.db.lock_timeout = Duration::from_secs(30);
-    let store = db.store(&p).await;
-    let user = UserId::new_random();
-    store.open_account(user, 3).await.unwrap();
-    let other = session(&db.url).await;
-    other
-        .batch_execute(&format!("BEGIN; UPDATE accounts SET updated_at = now() WHERE user_id = '{}'", user.0))
-        .await
-        .unwrap();
-    let answer = store.create(new_generation(user, &[AreaKind::Patio], LONG, 3), None).await;
-    assert_eq!(answer, Err(CreateError::AccountBusy), "refused at once, not timed out");
-    other.batch_execute("COMMIT").await.unwrap();
-    created(store.create(new_generation(user, &[AreaKind::Patio], LONG, 3), None).await);
-    db.drop_now().await;
-}
