@@ -209,3 +209,81 @@ async fn when_a_write_of_the_transaction_is_refused_each_create_runs_alone() {
     assert!(store.conservation_violations().await.unwrap().is_empty());
     db.drop_now().await;
 }
+
+/// Many creates at once, on few connections: users with one or several
+/// creates in flight, some short of credits, pairs of retries under one
+/// idempotency key. Every answer agrees with what was stored, and the
+/// credits balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_creates_gets_answers_that_agree_with_what_was_stored() {
+    use std::collections::HashMap;
+    use terrace_domain::{CreditReference, GrantAmount};
+    let db = TestDb::create().await;
+    let mut p = policies();
+    p.db.pool_size = 4;
+    p.lock = LockPolicy::Timeout(Duration::from_secs(2));
+    let store = db.store(&p).await;
+    let users: Vec<UserId> = (0..30).map(|_| UserId::new_random()).collect();
+    for (i, user) in users.iter().enumerate() {
+        // Trial credits 0 or 3, and 0 to 3 tokens: some users run short.
+        store.open_account(*user, if i % 3 == 0 { 0 } else { 3 }).await.unwrap();
+        if i % 4 > 0 {
+            let reference = CreditReference::parse(&format!("crowd-{i}")).unwrap();
+            store.grant(*user, GrantAmount::parse(i as i64 % 4).unwrap(), &reference, 3).await.unwrap();
+        }
+    }
+    // Eight creates per user; creates 2j and 2j+1 are one request sent twice.
+    let mut tasks = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        for j in 0..8 {
+            let areas: &[AreaKind] =
+                if j % 4 == 3 { &[AreaKind::Patio, AreaKind::FrontYard] } else { &[AreaKind::Patio] };
+            let key = (j < 4).then(|| key_claim(&format!("crowd-{i}-{}", j / 2), &format!("hash-{}", j / 2)));
+            tasks.push((i, key.clone(), spawn_create(&store, new_generation(*user, areas, LONG, 3), key)));
+        }
+    }
+    let mut created: HashMap<usize, Vec<terrace_domain::Generation>> = HashMap::new();
+    let mut replayed = Vec::new();
+    for (i, key, task) in tasks {
+        match answer(task).await {
+            Ok(CreateOutcome::Created(g)) => created.entry(i).or_default().push(g),
+            Ok(CreateOutcome::Replayed(g)) => replayed.push((i, key.expect("only keyed creates replay"), g)),
+            Err(CreateError::InsufficientCredits { .. } | CreateError::AccountBusy) => {}
+            Err(e) => panic!("a create failed: {e:?}"),
+        }
+    }
+    let s = session(&db.url).await;
+    for (i, user) in users.iter().enumerate() {
+        let mine = created.get(&i).map_or(&[][..], Vec::as_slice);
+        let row = s
+            .query_one(
+                "SELECT (SELECT count(*) FROM generations WHERE user_id = $1),
+                        (SELECT held FROM accounts WHERE user_id = $1),
+                        (SELECT count(*) FROM idempotency_keys WHERE user_id = $1)",
+                &[&user.0],
+            )
+            .await
+            .unwrap();
+        let (stored, held, keys): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(stored as usize, mine.len(), "user {i}: every generation stored was answered as created");
+        let areas: usize = mine.iter().map(|g| g.areas.len()).sum();
+        assert_eq!(held as usize, areas, "user {i}: one credit held per area created");
+        assert!(keys <= 2, "user {i}: at most one generation per key");
+    }
+    for (i, key, g) in &replayed {
+        let stored: Option<uuid::Uuid> = s
+            .query_opt(
+                "SELECT generation_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+                &[&users[*i].0, &key.key.as_str()],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        assert_eq!(stored, Some(g.id.0), "a replay answers the generation its key made");
+        assert!(created[i].iter().any(|c| c.id == g.id), "and that generation was answered as created");
+    }
+    assert!(created.values().map(Vec::len).sum::<usize>() > 30, "most users created something");
+    assert!(store.pool().create_batches > 0, "some creates were written together");
+    assert!(store.conservation_violations().await.unwrap().is_empty());
+    db.drop_now().await;
+}
