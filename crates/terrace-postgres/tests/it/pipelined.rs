@@ -2,7 +2,7 @@
 //! fails there, or refuses, keeps nothing of its transaction, and leaves its
 //! connection ready for the next call.
 
-use crate::support::{TestDb, policies, session};
+use crate::support::{TestDb, policies, refuse_inserts, session};
 use std::time::Duration;
 use terrace_conformance::{eventually, new_generation};
 use terrace_domain::{
@@ -35,19 +35,6 @@ async fn one_connection_store(db: &TestDb) -> terrace_postgres::PgStore {
     let mut p = policies();
     p.db.pool_size = 1;
     db.store(&p).await
-}
-
-/// Makes every insert into `table` for which `when` holds fail, until
-/// `DROP TRIGGER refuse ON <table>`.
-async fn refuse_inserts(s: &tokio_postgres::Client, table: &str, when: &str) {
-    s.batch_execute(&format!(
-        "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF {when} THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'XX000'; END IF;
-         RETURN NEW; END $$;
-         CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
-    ))
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

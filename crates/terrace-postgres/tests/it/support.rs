@@ -98,6 +98,19 @@ pub async fn session(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Makes every insert into `table` for which `when` holds fail, until
+/// `DROP TRIGGER refuse ON <table>`.
+pub async fn refuse_inserts(s: &tokio_postgres::Client, table: &str, when: &str) {
+    s.batch_execute(&format!(
+        "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF {when} THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'XX000'; END IF;
+         RETURN NEW; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+    ))
+    .await
+    .unwrap();
+}
+
 /// A fresh, migrated database, dropped by [`TestDb::drop_now`].
 #[derive(Debug)]
 pub struct TestDb {

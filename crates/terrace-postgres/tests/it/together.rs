@@ -3,7 +3,7 @@
 //! credits, replayed, or run alone when its account is locked elsewhere or
 //! a write of the transaction is refused.
 
-use crate::support::{TestDb, policies, session};
+use crate::support::{TestDb, policies, refuse_inserts, session};
 use std::time::Duration;
 use terrace_conformance::{eventually, key_claim, new_generation};
 use terrace_domain::{AreaKind, CreateError, LockPolicy, UserId};
@@ -178,16 +178,7 @@ async fn when_a_write_of_the_transaction_is_refused_each_create_runs_alone() {
     let news: Vec<NewGeneration> =
         users.iter().map(|u| new_generation(*u, &[AreaKind::Patio, AreaKind::FrontYard], LONG, 3)).collect();
     let refused = news[1].id;
-    admin
-        .batch_execute(&format!(
-            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN IF NEW.generation_id = '{}' THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'XX000'; END IF;
-             RETURN NEW; END $$;
-             CREATE TRIGGER refuse BEFORE INSERT ON generation_areas FOR EACH ROW EXECUTE FUNCTION refuse_one();",
-            refused.0
-        ))
-        .await
-        .unwrap();
+    refuse_inserts(&admin, "generation_areas", &format!("NEW.generation_id = '{}'", refused.0)).await;
 
     let first = hold_the_connection(&db, &store, &s).await;
     let tasks: Vec<_> = news.into_iter().map(|new| spawn_create(&store, new, None)).collect();
