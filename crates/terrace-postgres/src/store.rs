@@ -848,8 +848,9 @@ impl GenerationStore for PgStore {
         new: NewGeneration,
         idempotency: Option<IdempotencyClaim>,
     ) -> Result<CreateOutcome, CreateError> {
-        // Joins the creates waiting for a connection; whichever gets one
-        // first writes them all (crate::gather).
+        // Joins the creates waiting to be written; whichever gets a
+        // connection and a writer slot first writes those waiting then
+        // (crate::gather), and a create handed back runs alone.
         let db = self.db();
         let gather = &self.inner.gather;
         let bound = db.call_bound();
