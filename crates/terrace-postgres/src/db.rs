@@ -297,8 +297,7 @@ impl Db {
     /// A connection from the pool, within the acquire timeout (plus the
     /// connect timeout when a new connection must be made). Counts timeouts.
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Conn, StoreError> {
-        let bound = self.policy.acquire_timeout + self.policy.connect_timeout + CLIENT_SLACK;
-        let got = tokio::time::timeout(bound, self.pool.get()).await;
+        let got = tokio::time::timeout(self.acquire_bound(), self.pool.get()).await;
         let obj = match got {
             Ok(Ok(obj)) => obj,
             Ok(Err(PoolError::Timeout(kind))) => {
@@ -353,10 +352,15 @@ impl Db {
         }
     }
 
-    /// The longest a call may take: a connection (made anew if need be),
-    /// then its body's deadline.
+    /// The longest [`Db::acquire`] waits: the pool's wait, and the connect
+    /// timeout when a new connection must be made.
+    fn acquire_bound(&self) -> Duration {
+        self.policy.acquire_timeout + self.policy.connect_timeout + CLIENT_SLACK
+    }
+
+    /// The longest a call may take: a connection, then its body's deadline.
     pub(crate) fn call_bound(&self) -> Duration {
-        self.policy.acquire_timeout + self.policy.connect_timeout + CLIENT_SLACK + self.deadline
+        self.acquire_bound() + self.deadline
     }
 
     pub(crate) fn status(&self) -> PoolStatus {

@@ -75,7 +75,7 @@ impl Waiting {
 pub(crate) struct Gather {
     waiting: Mutex<VecDeque<Waiting>>,
     /// Transactions writing creates now, at most [`WRITERS`].
-    pub(crate) writers: std::sync::Arc<tokio::sync::Semaphore>,
+    writers: std::sync::Arc<tokio::sync::Semaphore>,
     /// Transactions that wrote two creates or more.
     batches: AtomicU64,
     /// The creates those transactions wrote.
@@ -125,6 +125,12 @@ impl Default for Gather {
 impl Gather {
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One of the [`WRITERS`] slots, held by a transaction that writes
+    /// creates until it ends. (The semaphore is never closed.)
+    pub(crate) async fn writer(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.writers.clone().acquire_owned().await.expect("the writers' semaphore is never closed")
     }
 
     /// Puts a create in the queue: its place, and where its verdict comes.

@@ -76,26 +76,43 @@ fn changed(ids: &[Uuid]) -> Vec<Notification> {
     ids.iter().map(|id| Notification::Changed(GenerationId(*id))).collect()
 }
 
+/// The `credit` entry of each account the CTE `opened` inserted with trial
+/// credits.
+macro_rules! trial_entry_sql {
+    () => {
+        "trial AS (
+             INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
+             SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0)"
+    };
+}
+
+/// CTEs that open the account of user `$1` with `$2` trial credits if this
+/// statement cannot see it (`opened`, returning its balances), with its
+/// `credit` entry. Only an account it cannot see is inserted: an insert that
+/// met an existing row would wait for any transaction that changes that
+/// row, outside the lock policy; only a request opening the same new
+/// account at the same moment is waited for.
+macro_rules! open_one_sql {
+    () => {
+        concat!(
+            "opened AS (
+                 INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
+                 SELECT $1, $2, 0, $2 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)
+                 ON CONFLICT (user_id) DO NOTHING
+                 RETURNING user_id, trial_credits, token_balance, held, captured), ",
+            trial_entry_sql!()
+        )
+    };
+}
+
 /// Opens the account if it does not exist, with its trial credits and their
-/// `credit` entry, in one statement (so outside any longer transaction). It
-/// inserts only an account it cannot see: an insert that met an existing row
-/// would wait for any transaction that changes that row, outside the lock
-/// policy; only a request opening the same new account at the same moment
-/// is waited for.
+/// `credit` entry, in one statement (so outside any longer transaction), as
+/// `open_one_sql!` says.
 pub(crate) async fn open_account(c: &impl Sql, user: UserId, trial: u64) -> Result<(), StoreError> {
     let trial = i64::try_from(trial).map_err(corrupt)?;
-    c.execute_cached(
-        "WITH opened AS (
-             INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
-             SELECT $1, $2, 0, $2 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)
-             ON CONFLICT (user_id) DO NOTHING
-             RETURNING user_id, trial_credits)
-         INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
-         SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0",
-        &[&user.0, &trial],
-    )
-    .await
-    .map_err(map_err)?;
+    c.execute_cached(concat!("WITH ", open_one_sql!(), " SELECT 1"), &[&user.0, &trial])
+        .await
+        .map_err(map_err)?;
     Ok(())
 }
 
@@ -286,24 +303,37 @@ struct Locked {
     replay: Option<(String, GenerationId)>,
 }
 
-/// The statement that opens one account if this statement cannot see it
-/// (with its trial credits and their `credit` entry: `$1` the user, `$2` the
-/// trial), locks its row (`FOR UPDATE` followed by `$wait`: nothing, `NOWAIT`
-/// or `SKIP LOCKED`), and reads its balances, subscription and the earlier
-/// use of the key `$3`. Only an account it cannot see is inserted: an insert
-/// that meets an existing row would wait for any transaction that changes
-/// that row, outside the lock policy.
+impl Locked {
+    /// A row of the account lock's answer (`open_and_lock_sql!`,
+    /// [`OPEN_AND_LOCK_MANY`]).
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self, StoreError> {
+        let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).map_err(corrupt);
+        let account = terrace_domain::Account {
+            user_id: UserId(row.get(0)),
+            trial_credits: n(1)?,
+            token_balance: n(2)?,
+            held: n(3)?,
+            captured: n(4)?,
+        };
+        let replay = match (row.get::<_, Option<String>>(6), row.get::<_, Option<Uuid>>(7)) {
+            (Some(hash), Some(id)) => Some((hash, GenerationId(id))),
+            _ => None,
+        };
+        Ok(Locked { account, subscribed: row.get(5), replay })
+    }
+}
+
+/// The statement that opens one account as `open_one_sql!` does (`$1` the
+/// user, `$2` the trial), locks its row (`FOR UPDATE` followed by `$wait`:
+/// nothing, `NOWAIT` or `SKIP LOCKED`), and reads its balances,
+/// subscription and the earlier use of the key `$3`: the columns
+/// [`Locked::from_row`] reads.
 macro_rules! open_and_lock_sql {
     ($wait:literal) => {
         concat!(
-            "WITH opened AS (
-                 INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
-                 SELECT $1, $2, 0, $2 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE user_id = $1)
-                 ON CONFLICT (user_id) DO NOTHING
-                 RETURNING user_id, trial_credits, token_balance, held, captured),
-             trial AS (
-                 INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
-                 SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0),
+            "WITH ",
+            open_one_sql!(),
+            ",
              locked AS (
                  SELECT user_id, trial_credits, token_balance, held, captured FROM accounts
                  WHERE user_id = $1 FOR UPDATE",
@@ -351,20 +381,7 @@ async fn begin_locked<C: Sql>(
         Err(e) if is_lock_refused(&e) => return Ok(None),
         Err(e) => return Err(map_err(e)),
     };
-    let Some(row) = rows.first() else { return Ok(None) };
-    let n = |i: usize| u64::try_from(row.get::<_, i64>(i)).map_err(corrupt);
-    let account = terrace_domain::Account {
-        user_id: UserId(row.get(0)),
-        trial_credits: n(1)?,
-        token_balance: n(2)?,
-        held: n(3)?,
-        captured: n(4)?,
-    };
-    let replay = match (row.get::<_, Option<String>>(6), row.get::<_, Option<Uuid>>(7)) {
-        (Some(hash), Some(id)) => Some((hash, GenerationId(id))),
-        _ => None,
-    };
-    Ok(Some(Locked { account, subscribed: row.get(5), replay }))
+    rows.first().map(Locked::from_row).transpose()
 }
 
 /// SQLSTATE of the create's write when its idempotency key was taken by a
@@ -532,8 +549,10 @@ fn written(
 /// account it skipped, or which another transaction opened while it ran,
 /// runs alone, under the lock policy. New accounts are inserted in the order
 /// of their users, as by every such statement, so that two of them never
-/// wait on each other.
-const OPEN_AND_LOCK_MANY: &str = "WITH wanted AS (
+/// wait on each other. Its answer has the columns of
+/// `open_and_lock_sql!`'s, one row per account locked.
+const OPEN_AND_LOCK_MANY: &str = concat!(
+    "WITH wanted AS (
          SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS w(user_id, trial, key)),
      opened AS (
          INSERT INTO accounts (user_id, trial_credits, token_balance, credited)
@@ -541,10 +560,9 @@ const OPEN_AND_LOCK_MANY: &str = "WITH wanted AS (
           WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.user_id = w.user_id)
           ORDER BY user_id
          ON CONFLICT (user_id) DO NOTHING
-         RETURNING user_id, trial_credits, token_balance, held, captured),
-     trial AS (
-         INSERT INTO ledger_entries (user_id, kind, amount, source, reference)
-         SELECT user_id, 'credit', trial_credits, 'trial', 'trial' FROM opened WHERE trial_credits > 0),
+         RETURNING user_id, trial_credits, token_balance, held, captured), ",
+    trial_entry_sql!(),
+    ",
      locked AS (
          SELECT user_id, trial_credits, token_balance, held, captured FROM accounts
          WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED)
@@ -553,7 +571,8 @@ const OPEN_AND_LOCK_MANY: &str = "WITH wanted AS (
             k.request_hash, k.generation_id
        FROM (SELECT * FROM opened UNION ALL SELECT * FROM locked) a
        JOIN wanted w USING (user_id)
-       LEFT JOIN idempotency_keys k ON k.user_id = a.user_id AND k.key = w.key AND k.expires_at > now()";
+       LEFT JOIN idempotency_keys k ON k.user_id = a.user_id AND k.key = w.key AND k.expires_at > now()"
+);
 
 /// Writes creates of different users in one transaction (crate::gather):
 /// two round trips, whatever their number — `BEGIN` with every account's
@@ -578,11 +597,10 @@ async fn create_together(
         // A create on its own takes the one-account form: Postgres plans it
         // once per connection, while the form over arrays, whose plan depends
         // on how many accounts it gets, is planned on every call.
-        let lock = match (users.as_slice(), trials.as_slice(), keys.as_slice()) {
-            ([user], [trial], [key]) => {
-                Batch::of(open_and_lock_sql!(" SKIP LOCKED"), vec![p(*user), p(*trial), p(*key)])
-            }
-            _ => Batch::of(OPEN_AND_LOCK_MANY, vec![p(&users), p(&trials), p(&keys)]),
+        let lock = if creates.len() == 1 {
+            Batch::of(open_and_lock_sql!(" SKIP LOCKED"), vec![p(users[0]), p(trials[0]), p(keys[0])])
+        } else {
+            Batch::of(OPEN_AND_LOCK_MANY, vec![p(&users), p(&trials), p(&keys)])
         };
         let rows = match tx.begin_with(&lock).await.map_err(map_err)?.pop() {
             Some(Ok(rows)) => rows,
@@ -595,22 +613,14 @@ async fn create_together(
         let mut write = Batch::new();
         let mut writes = Vec::new();
         for row in &rows {
-            let user: Uuid = row.get(0);
-            let Some(i) = users.iter().position(|u| *u == user) else { continue };
-            let (new, key) = creates[i];
-            if row.get::<_, Option<Uuid>>(7).is_some() {
+            let Locked { mut account, subscribed, replay } = Locked::from_row(row)?;
+            let Some(i) = users.iter().position(|u| *u == account.user_id.0) else { continue };
+            if replay.is_some() {
                 // The key was used before: the create runs alone, and replays.
                 continue;
             }
-            let n = |col: usize| u64::try_from(row.get::<_, i64>(col)).map_err(corrupt);
-            let mut account = terrace_domain::Account {
-                user_id: UserId(user),
-                trial_credits: n(1)?,
-                token_balance: n(2)?,
-                held: n(3)?,
-                captured: n(4)?,
-            };
-            match account.hold(new.request.areas.len(), row.get(5)) {
+            let (new, key) = creates[i];
+            match account.hold(new.request.areas.len(), subscribed) {
                 Ok(sources) => {
                     write.extend(insert_generation(new, &account, &sources, key, ttl)?);
                     writes.push((i, sources));
@@ -820,11 +830,11 @@ impl PgStore {
         permit: tokio::sync::OwnedSemaphorePermit,
         mut taken: Vec<Waiting>,
     ) {
-        let db = self.db().clone();
         let store = self.clone();
         // Locks are taken in the users' order, as by every such transaction.
         taken.sort_by_key(|w| w.new.user_id.0);
         self.inner.tasks.spawn(async move {
+            let db = store.db();
             let ttl = secs(db.idempotency_ttl);
             let creates: Vec<_> = taken.iter().map(|w| (&w.new, w.key.as_ref())).collect();
             let answers = db
@@ -864,10 +874,10 @@ impl GenerationStore for PgStore {
                     biased;
                     answer = &mut verdict => return answer.ok(),
                     conn = async {
-                        let permit = gather.writers.clone().acquire_owned().await;
+                        let permit = gather.writer().await;
                         (permit, db.acquire().await)
                     } => match conn {
-                        (Ok(permit), Ok(conn)) => {
+                        (permit, Ok(conn)) => {
                             let taken = gather.take();
                             if taken.is_empty() {
                                 conn.give_back();
@@ -875,7 +885,6 @@ impl GenerationStore for PgStore {
                                 self.write_together(conn, permit, taken);
                             }
                         }
-                        (Err(_), _) => return None,
                         // No connection: the create fails, unless a
                         // transaction took it meanwhile.
                         (_, Err(e)) if ticket.withdraw() => return Some(Verdict::Done(Err(e.into()))),
