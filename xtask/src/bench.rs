@@ -266,15 +266,8 @@ pub fn run(args: &[String]) -> Result<()> {
     });
 
     // The pool the server runs with, as it reports it.
-    // (The timeout is made inside the runtime: its timer needs one.)
     let pool = bench
-        .rt
-        .block_on(async {
-            let page = async { bench.http.get(format!("{}/metrics", bench.base)).send().await?.text().await };
-            tokio::time::timeout(Duration::from_secs(5), page).await
-        })
-        .ok()
-        .and_then(Result::ok)
+        .metrics(Duration::from_secs(5))
         .and_then(|page| cluster::metric(&page, "terrace_db_pool_max"))
         .map(|v| v as u64);
     bench.grant_all()?;
@@ -1213,18 +1206,23 @@ impl Bench<'_> {
         Ok(Window { samples, t0, t1, cpu0, cpu1, together0, together1, statements })
     }
 
-    /// The server's counts of creates written together, from its `/metrics`
-    /// (`None` if it did not answer within a second).
-    fn together(&self) -> Option<Together> {
-        let page = self
-            .rt
+    /// The server's `/metrics` page, or `None` if it did not answer within
+    /// `bound`. (The timeout is made inside the runtime: its timer needs one.)
+    fn metrics(&self, bound: Duration) -> Option<String> {
+        self.rt
             .block_on(async {
                 let page =
                     async { self.http.get(format!("{}/metrics", self.base)).send().await?.text().await };
-                tokio::time::timeout(Duration::from_secs(1), page).await
+                tokio::time::timeout(bound, page).await
             })
             .ok()?
-            .ok()?;
+            .ok()
+    }
+
+    /// The server's counts of creates written together, from its `/metrics`
+    /// (`None` if it did not answer within a second).
+    fn together(&self) -> Option<Together> {
+        let page = self.metrics(Duration::from_secs(1))?;
         Some((
             cluster::metric(&page, "terrace_db_create_batches_total")?,
             cluster::metric(&page, "terrace_db_batched_creates_total")?,
