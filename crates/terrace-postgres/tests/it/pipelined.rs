@@ -4,11 +4,9 @@
 
 use crate::support::{TestDb, policies, refuse_inserts, session};
 use std::time::Duration;
-use terrace_conformance::{eventually, new_generation};
-use terrace_domain::{
-    AreaKind, CreateError, GenerationStatus, HoldState, IdempotencyKey, LockPolicy, UserId,
-};
-use terrace_ports::{CreateOutcome, GenerationStore, IdempotencyClaim, Lease, Ledger, WorkerId};
+use terrace_conformance::{eventually, key_claim, new_generation};
+use terrace_domain::{AreaKind, CreateError, GenerationStatus, HoldState, LockPolicy, UserId};
+use terrace_ports::{CreateOutcome, GenerationStore, Lease, Ledger, WorkerId};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -106,8 +104,7 @@ async fn a_key_taken_while_waiting_for_the_lock_keeps_nothing_and_its_retry_repl
     let store = std::sync::Arc::new(db.store(&p).await);
     let user = UserId::new_random();
     store.open_account(user, 3).await.unwrap();
-    let key = IdempotencyKey::parse("key-1").unwrap();
-    let claim = || Some(IdempotencyClaim { key: key.clone(), request_hash: "h1".into() });
+    let claim = || Some(key_claim("key-1", "h1"));
 
     // The first request, by hand: it holds the lock, writes a generation and
     // the key, and commits when told.
